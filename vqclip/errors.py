@@ -1,0 +1,25 @@
+"""The exceptions vqclip raises for bad input.
+
+Every error a user can cause (a bad config value, a missing or unsafe file, no network) is a
+`VQClipError`; the CLI prints its message on one line and exits with code 2. Anything else is a bug.
+"""
+
+
+class VQClipError(Exception):
+    """Base class: a problem with the user's input or environment, reported in one line."""
+
+
+class ConfigError(VQClipError):
+    """A config key, type or value that is not allowed."""
+
+
+class CheckpointError(VQClipError):
+    """A model file that is missing, corrupt, of the wrong format, or unsafe to load."""
+
+
+class DownloadError(VQClipError):
+    """A file that had to be fetched and could not be."""
+
+
+class InputImageError(VQClipError):
+    """An init image or image prompt that cannot be read or used."""
