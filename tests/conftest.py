@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny models on disk in the published formats, and a config for them."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from tests.fixtures import write_clip, write_vqgan
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory) -> dict:
+    """Paths of the tiny VQGAN (VQModel and GumbelVQ) and CLIP files."""
+    root = tmp_path_factory.mktemp("models")
+    vq_cfg, vq_ckpt = write_vqgan(root / "vqgan")
+    gb_cfg, gb_ckpt = write_vqgan(root / "vqgan", gumbel=True)
+    clip_json, clip_pt = write_clip(root / "clip")
+    return {"vqgan_config": vq_cfg, "vqgan_ckpt": vq_ckpt, "gumbel_config": gb_cfg, "gumbel_ckpt": gb_ckpt,
+            "clip_json": clip_json, "clip_weights": clip_pt}
+
+
+@pytest.fixture
+def tiny_overrides(tiny_files, tmp_path) -> List[str]:
+    """key=value overrides that point a run at the tiny models, 64x64, a few steps, output in tmp."""
+    return [f"vqgan.config={tiny_files['vqgan_config']}", f"vqgan.checkpoint={tiny_files['vqgan_ckpt']}",
+            f"clip.model={tiny_files['clip_json']}", f"clip.pretrained={tiny_files['clip_weights']}",
+            "size=[64,64]", "steps=8", "cutouts.cutn=8", "seed=1", "device=cpu",
+            f"output.dir={tmp_path / 'out'}", "output.save_every=4"]
+
+
+@pytest.fixture(autouse=True)
+def _no_network_cache(tmp_path, monkeypatch):
+    """Every test gets its own download cache, so nothing leaks between tests or from the user."""
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

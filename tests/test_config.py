@@ -1,0 +1,74 @@
+"""Config: defaults, YAML merge, dotlist overrides, and one clear error for each bad input."""
+import pytest
+
+from vqclip.config import AUGMENTS, GenerateConfig, iter_fields, load_config, to_yaml, from_yaml_text
+from vqclip.cutouts import build_augments
+from vqclip.errors import ConfigError
+
+
+def test_defaults_and_required_keys_exist():
+    keys = {k for k, _, _ in iter_fields()}
+    for key in ["prompts", "image_prompts", "init_image", "init_weight", "seed", "size", "steps", "vqgan.config",
+                "vqgan.checkpoint", "clip.model", "clip.pretrained", "optim.name", "optim.lr", "cutouts.cutn",
+                "cutouts.cut_pow", "cutouts.augments", "output.dir", "output.save_every", "output.video", "device"]:
+        assert key in keys
+    assert all(help_text for _, help_text, _ in iter_fields())
+    cfg = load_config()
+    assert isinstance(cfg, GenerateConfig) and cfg.size == [256, 256]
+
+
+def test_yaml_then_overrides_then_prompt(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("steps: 10\nprompts: [from yaml]\ncutouts:\n  cutn: 4\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("steps: 20\n")
+    cfg = load_config([str(a), str(b)], ["size=[512,384]", "optim.lr=0.05"])
+    assert (cfg.steps, cfg.cutouts.cutn, cfg.size, cfg.optim.lr, cfg.prompts) == (20, 4, [512, 384], 0.05, ["from yaml"])
+    cfg = load_config([str(a)], ["seed=7"], prompts=["from cli"])
+    assert cfg.prompts == ["from cli"] and cfg.seed == 7
+
+
+def test_yaml_roundtrip():
+    cfg = load_config([], ["seed=3", "prompts=[a,b]", "cutouts.augments=[flip]"])
+    assert from_yaml_text(to_yaml(cfg)) == cfg
+
+
+@pytest.mark.parametrize("override, words", [
+    ("stepz=5", "unknown config key 'stepz'"),
+    ("cutouts.cutm=5", "unknown config key 'cutouts.cutm'"),
+    ("steps=many", "'steps'"),
+    ("steps=0", "'steps'.*positive"),
+    ("steps=-3", "'steps'"),
+    ("size=[0,64]", "'size'"),
+    ("size=[64]", "'size'"),
+    ("optim.name=lbfgs", "'optim.name'.*adam"),
+    ("optim.lr=nan", "optim.lr"),
+    ("init_weight=inf", "init_weight"),
+    ("cutouts.augments=[spin]", "'cutouts.augments'.*flip"),
+    ("cutouts.cutn=0", "cutouts.cutn"),
+    ("device=tpu", "'device'"),
+    ("output.fps=0", "output.fps"),
+    ("vqgan.config=a.yaml", "together"),
+    ("steps", "key=value"),
+])
+def test_bad_overrides(override, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config([], [override])
+
+
+def test_bad_yaml_names_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: 10\nsize: [64, 64\nseed: 1\n")
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+"):
+        load_config([str(bad)])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([str(tmp_path / "missing.yaml")])
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config([str(listy)])
+
+
+def test_every_augment_name_builds():
+    pipeline = build_augments(list(AUGMENTS), cut_size=32)
+    assert len(pipeline) == len(AUGMENTS)

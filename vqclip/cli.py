@@ -1,0 +1,121 @@
+"""The command line: argv -> config -> generate(). Maps arguments; holds no generation logic.
+
+    vqclip "a prompt" [--config FILE ...] [key=value ...]   generate an image
+    vqclip models                                           list named models and what is cached
+    vqclip download NAME [NAME ...]                         fetch named models ahead of time
+
+Every user error ends with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from typing import List, Optional, Sequence
+
+from vqclip.config import iter_fields
+from vqclip.errors import VQClipError
+
+log = logging.getLogger("vqclip")
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+SUBCOMMANDS = ("models", "download")
+
+
+def _config_reference() -> str:
+    lines = ["config keys (set in YAML files or as key=value; lists as size=[512,512]):"]
+    for key, help_text, default in iter_fields():
+        lines.append(f"  {key:<22} {help_text} (default: {default})")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The generation parser; its --help lists every option and every config key."""
+    parser = argparse.ArgumentParser(
+        prog="vqclip",
+        description="Text to image by VQGAN+CLIP latent optimisation. Other commands: "
+                    "'vqclip models' lists named models, 'vqclip download NAME...' fetches them.",
+        epilog=_config_reference() + "\n\nexamples:\n"
+               '  vqclip "watercolor portrait of a teacher"\n'
+               '  vqclip "a red circle on a blue background" --config configs/shapes.yaml\n'
+               '  vqclip "a lighthouse at dusk|fog:0.5" --config configs/hq.yaml steps=500 size=[512,512] seed=7',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("items", nargs="*", metavar="PROMPT | key=value",
+                        help='text prompts ("text:weight:stop", "|" separates several; replace the '
+                             "config's prompts) and config overrides in omegaconf dotlist syntax")
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
+                        help="YAML config merged over the defaults (repeatable; later files win)")
+    parser.add_argument("--no-save", action="store_true", help="write no files (for trying settings)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log model loading and details")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="vqclip: %(message)s", stream=sys.stderr)
+    for noisy in ("open_clip", "root", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _run_generate(argv: Sequence[str]) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    if args.version:
+        from vqclip import __version__
+
+        print(__version__)
+        return 0
+    _setup_logging(args.quiet, args.verbose)
+    overrides = [i for i in args.items if _OVERRIDE.match(i)]
+    prompts = [i for i in args.items if not _OVERRIDE.match(i)]
+    from vqclip.config import load_config
+    from vqclip.generate import generate
+
+    cfg = load_config(args.config, overrides, prompts=prompts or None)
+    result = generate(cfg, progress=not args.quiet, save=not args.no_save)
+    log.info("seed %d, final loss %.4f", result.seed, result.losses[-1])
+    for path in result.paths:
+        print(path)
+    return 0
+
+
+def _run_models(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="vqclip models", description="List named VQGAN models and what is cached.")
+    parser.add_argument("--cache-dir", default=None, help="cache folder (default: $VQCLIP_CACHE or the user cache)")
+    args = parser.parse_args(argv)
+    from vqclip.registry import format_model_table
+
+    print(format_model_table(args.cache_dir))
+    return 0
+
+
+def _run_download(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="vqclip download", description="Fetch named VQGAN models into the cache.")
+    parser.add_argument("names", nargs="+", metavar="NAME", help="registry names (see 'vqclip models')")
+    parser.add_argument("--cache-dir", default=None, help="cache folder (default: $VQCLIP_CACHE or the user cache)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet, False)
+    from vqclip.registry import ensure_model
+
+    for name in args.names:
+        config, checkpoint = ensure_model(name, args.cache_dir, progress=not args.quiet)
+        print(f"{name}: {config} {checkpoint}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of `vqclip` and `python -m vqclip`; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"models": _run_models, "download": _run_download}
+    try:
+        if argv and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return _run_generate(argv)
+    except VQClipError as exc:
+        print(f"vqclip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vqclip: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,239 @@
+"""Typed run configuration: dataclass schemas, YAML files and `key=value` overrides.
+
+`load_config(files, overrides)` merges YAML files over the defaults, then omegaconf dotlist
+overrides (`steps=500 size=[512,512] cutouts.cutn=64`), checks every value, and returns a real
+`GenerateConfig`. Any bad key, type or value raises `ConfigError` with one line naming the key and
+what is allowed. This module knows nothing about models or files on disk beyond reading YAML.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from vqclip.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "adagrad", "adamax", "rmsprop", "sgd")
+AUGMENTS = ("flip", "affine", "perspective", "jitter", "erasing", "sharpness", "noise", "resized_crop")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its help text (shown by `--help` and in the README reference)."""
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class VQGANConfig:
+    """Which VQGAN decodes the latent."""
+
+    # A named model from the registry (see `vqclip models`); downloaded and cached on first use.
+    name: Optional[str] = _help("registry model name, e.g. vqgan_imagenet_f16_16384", default="vqgan_imagenet_f16_16384")
+    # Overrides `name`: a taming model YAML (local path or http(s) URL).
+    config: Optional[str] = _help("taming model YAML: path or http(s) URL (overrides name)", default=None)
+    # Overrides `name`: the matching Lightning .ckpt (local path or http(s) URL).
+    checkpoint: Optional[str] = _help("taming .ckpt: path or http(s) URL (overrides name)", default=None)
+
+
+@dataclass
+class CLIPConfig:
+    """Which CLIP model scores the image."""
+
+    # An open_clip model name (`open_clip.list_models()`) or a path to an open_clip model-config JSON.
+    model: str = _help("open_clip model name or model-config JSON path", default="ViT-B-32-quickgelu")
+    # An open_clip pretrained tag (openai, laion2b_s34b_b79k, ...), a local weights file, or none.
+    pretrained: Optional[str] = _help("open_clip pretrained tag or local weights file (null: random weights)", default="openai")
+
+
+@dataclass
+class OptimConfig:
+    """The optimiser that updates the latent."""
+
+    name: str = _help(f"optimiser: {', '.join(OPTIMIZERS)}", default="adam")
+    lr: float = _help("learning rate", default=0.1)
+
+
+@dataclass
+class CutoutsConfig:
+    """How the image is cut up and augmented before CLIP sees it."""
+
+    cutn: int = _help("cutouts per step", default=32)
+    # Cutout side = min_side + u**cut_pow * (max_side - min_side), u uniform: >1 favours small cutouts.
+    cut_pow: float = _help("cutout size exponent (>1 favours small cutouts)", default=1.0)
+    augments: List[str] = _help(f"kornia augmentations by name: {', '.join(AUGMENTS)}",
+                                default_factory=lambda: ["flip", "affine", "perspective", "jitter"])
+    noise: float = _help("std of the per-cutout Gaussian noise used by the 'noise' augment", default=0.1)
+
+
+@dataclass
+class OutputConfig:
+    """Where and what to write."""
+
+    dir: str = _help("folder under which each run gets a new sub-folder", default="outputs")
+    save_every: int = _help("write a frame every N steps (0: no frames)", default=50)
+    video: bool = _help("write an mp4 progress video", default=False)
+    video_every: int = _help("add a video frame every N steps", default=1)
+    fps: int = _help("progress video frames per second", default=30)
+
+
+@dataclass
+class GenerateConfig:
+    """Everything a generation run needs; `load_config` builds one from defaults, YAML and overrides."""
+
+    # Text prompts in the syntax "text:weight:stop"; several in one string separated by "|".
+    prompts: List[str] = _help('text prompts, "text:weight:stop", "|" separates several', default_factory=list)
+    # Image prompts, the same syntax with a path or URL as the text.
+    image_prompts: List[str] = _help('image prompts, "path:weight:stop"', default_factory=list)
+    init_image: Optional[str] = _help("start from this image (encoded by the VQGAN) instead of random tokens", default=None)
+    init_weight: float = _help("pull the latent toward its starting point with this weight", default=0.0)
+    seed: Optional[int] = _help("random seed (null: pick one and record it)", default=None)
+    size: List[int] = _help("[width, height] in pixels; multiples of the VQGAN's downsampling factor",
+                            default_factory=lambda: [256, 256])
+    steps: int = _help("optimisation steps", default=300)
+    device: str = _help(f"device: {', '.join(DEVICES)} (auto: cuda if available, else cpu)", default="auto")
+    vqgan: VQGANConfig = field(default_factory=VQGANConfig)
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    cutouts: CutoutsConfig = field(default_factory=CutoutsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    # Where downloaded models live (null: $VQCLIP_CACHE, else the user's cache folder).
+    cache_dir: Optional[str] = _help("download cache folder (null: $VQCLIP_CACHE or the user cache dir)", default=None)
+
+
+def iter_fields(cls: type = GenerateConfig, prefix: str = "") -> Iterable[tuple[str, str, Any]]:
+    """Yield (dotted key, help text, default) for every leaf config field, for `--help` and docs."""
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
+            yield from iter_fields(_SECTIONS[f.name], key + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        yield key, f.metadata.get("help", ""), default
+
+
+_SECTIONS = {"vqgan": VQGANConfig, "clip": CLIPConfig, "optim": OptimConfig, "cutouts": CutoutsConfig,
+             "output": OutputConfig}
+
+
+def _omegaconf_message(exc: OmegaConfBaseException) -> str:
+    """Turn an omegaconf exception into one line naming the key and what is allowed."""
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    if isinstance(exc, ConfigKeyError) or type(exc).__name__ == "ConfigAttributeError":
+        parent = key.rsplit(".", 1)[0] if key and "." in key else ""
+        section = _SECTIONS.get(parent.split(".")[-1], GenerateConfig) if parent else GenerateConfig
+        allowed = ", ".join(f.name for f in dataclasses.fields(section))
+        return f"unknown config key '{key}'; allowed keys{' under ' + parent if parent else ''}: {allowed}"
+    msg = str(exc).splitlines()[0]
+    return f"bad value for config key '{key}': {msg}" if key else f"bad config: {msg}"
+
+
+def _load_yaml(path: str) -> Any:
+    """Read one YAML config file, turning parse errors into ConfigError with line and column."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = OmegaConf.load(p)
+    except Exception as exc:  # yaml.YAMLError and friends; keep the position the parser reports
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if not isinstance(data, type(OmegaConf.create({}))):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not a {type(data).__name__}")
+    return data
+
+
+def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
+                prompts: Optional[Sequence[str]] = None) -> GenerateConfig:
+    """Build a checked GenerateConfig: defaults <- YAML files (in order) <- dotlist overrides.
+
+    `prompts`, when given (the CLI's positional prompt), replaces the `prompts` key.
+    Raises ConfigError with one line naming the offending key and what is allowed.
+    """
+    try:
+        cfg = OmegaConf.structured(GenerateConfig)
+        for path in files:
+            cfg = OmegaConf.merge(cfg, _load_yaml(path))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. steps=100)")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        if prompts is not None:
+            cfg.prompts = list(prompts)
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_omegaconf_message(exc)) from None
+    except ValueError as exc:  # from_dotlist on malformed values
+        raise ConfigError(f"bad override: {exc}") from None
+    assert isinstance(obj, GenerateConfig)
+    validate(obj)
+    return obj
+
+
+def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"bad value for config key '{key}': {value!r}; allowed: {allowed}")
+
+
+def validate(cfg: GenerateConfig) -> None:
+    """Check every value that a type alone cannot (ranges, names, shapes); raise ConfigError."""
+    for key, value in _leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"bad value for config key '{key}': {value}; allowed: a finite number")
+    _check(len(cfg.size) == 2 and all(isinstance(s, int) and s > 0 for s in cfg.size), "size",
+           "[width, height], two positive integers", cfg.size)
+    _check(max(cfg.size) <= 8192, "size", "sides of at most 8192 pixels", cfg.size)
+    _check(cfg.steps > 0, "steps", "a positive integer", cfg.steps)
+    _check(cfg.seed is None or 0 <= cfg.seed < 2**63, "seed", "null or an integer in [0, 2**63)", cfg.seed)
+    _check(cfg.init_weight >= 0, "init_weight", "a number >= 0", cfg.init_weight)
+    _check(cfg.device in DEVICES or cfg.device.startswith("cuda:"), "device",
+           ", ".join(DEVICES) + " or cuda:N", cfg.device)
+    _check(cfg.optim.name.lower() in OPTIMIZERS, "optim.name", ", ".join(OPTIMIZERS), cfg.optim.name)
+    _check(cfg.optim.lr > 0, "optim.lr", "a number > 0", cfg.optim.lr)
+    _check(cfg.cutouts.cutn > 0, "cutouts.cutn", "a positive integer", cfg.cutouts.cutn)
+    _check(cfg.cutouts.cut_pow > 0, "cutouts.cut_pow", "a number > 0", cfg.cutouts.cut_pow)
+    _check(cfg.cutouts.noise >= 0, "cutouts.noise", "a number >= 0", cfg.cutouts.noise)
+    unknown = [a for a in cfg.cutouts.augments if a not in AUGMENTS]
+    _check(not unknown, "cutouts.augments", ", ".join(AUGMENTS), unknown[0] if unknown else None)
+    _check(cfg.output.save_every >= 0, "output.save_every", "an integer >= 0", cfg.output.save_every)
+    _check(cfg.output.video_every > 0, "output.video_every", "a positive integer", cfg.output.video_every)
+    _check(0 < cfg.output.fps <= 240, "output.fps", "an integer in 1..240", cfg.output.fps)
+    _check(bool(cfg.output.dir), "output.dir", "a folder path", cfg.output.dir)
+    if not (cfg.vqgan.name or (cfg.vqgan.config and cfg.vqgan.checkpoint)):
+        raise ConfigError("config key 'vqgan' needs either vqgan.name or both vqgan.config and vqgan.checkpoint")
+    if bool(cfg.vqgan.config) != bool(cfg.vqgan.checkpoint):
+        raise ConfigError("config keys 'vqgan.config' and 'vqgan.checkpoint' must be given together")
+
+
+def _leaves(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """Yield (dotted key, value) for every scalar in a config dataclass."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
+def to_yaml(cfg: GenerateConfig) -> str:
+    """The resolved config as YAML text (written next to every run, and into PNG metadata)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml_text(text: str) -> GenerateConfig:
+    """Rebuild a checked GenerateConfig from `to_yaml` output (PNG metadata, a run's config.yaml)."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(GenerateConfig), OmegaConf.create(str(text)))
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_omegaconf_message(exc)) from None
+    assert isinstance(obj, GenerateConfig)
+    validate(obj)
+    return obj

@@ -1,0 +1,230 @@
+"""The generation loop: one entry point, `generate(config)`, returning a `GenerationResult`.
+
+One step: snap the latent to the codebook (straight-through), decode, clamp to [0, 1] with a
+gradient that can pull saturated pixels back, take batched cutouts, augment them, embed them with
+CLIP, sum the spherical-distance losses of all prompts, backpropagate into the latent, step the
+optimiser, and clamp the latent to the codebook's range. Side effects (files, video, progress
+display beyond the bar) belong to callbacks, which receive one dict per step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from vqclip.config import GenerateConfig, validate
+from vqclip.cutouts import build_augments, make_cutouts
+from vqclip.errors import ConfigError
+from vqclip.images import load_image_tensor, to_pil
+from vqclip.models.clip import ClipModel, load_clip
+from vqclip.models.vqgan import VQGAN, load_vqgan
+from vqclip.ops import clamp_with_grad, vector_quantize
+from vqclip.prompts import Target, split_prompts
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[Dict[str, Any]], None]
+
+
+@dataclass
+class Models:
+    """The frozen model pair a run uses; load once with `load_models` and pass to many runs."""
+
+    vqgan: VQGAN
+    clip: ClipModel
+
+
+@dataclass
+class GenerationResult:
+    """What a run produced: final images (PIL), the latent, the loss per step and where files went."""
+
+    images: List[Any]
+    z: torch.Tensor
+    losses: List[float]
+    config: GenerateConfig
+    run_dir: Optional[Path] = None
+    paths: List[Path] = field(default_factory=list)
+
+    @property
+    def seed(self) -> int:
+        """The seed the run used (picked at random when the config had none)."""
+        return int(self.config.seed)  # type: ignore[arg-type]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; an unavailable device is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"bad value for config key 'device': {name!r}, but no CUDA device is available; allowed: auto, cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("bad value for config key 'device': 'mps' is not available here; allowed: auto, cpu")
+    return torch.device(name)
+
+
+def _resolve_file(spec: str, cache_dir: Optional[str], kind: str, progress: bool) -> str:
+    """A local path as is; an http(s) URL downloaded into the cache (verified) and its path returned."""
+    if spec.startswith(("http://", "https://")):
+        from vqclip.download import fetch_url
+
+        return str(fetch_url(spec, cache_dir, kind=kind, progress=progress))  # type: ignore[arg-type]
+    return spec
+
+
+def vqgan_files(cfg: GenerateConfig, progress: bool = True) -> tuple[str, str]:
+    """The (config, checkpoint) paths for the run: explicit paths/URLs, else the named model."""
+    if cfg.vqgan.config and cfg.vqgan.checkpoint:
+        return (_resolve_file(cfg.vqgan.config, cfg.cache_dir, "config", progress),
+                _resolve_file(cfg.vqgan.checkpoint, cfg.cache_dir, "checkpoint", progress))
+    from vqclip.registry import ensure_model
+
+    config, checkpoint = ensure_model(cfg.vqgan.name, cfg.cache_dir, progress=progress)  # type: ignore[arg-type]
+    return str(config), str(checkpoint)
+
+
+def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, progress: bool = True) -> Models:
+    """Load (downloading if needed) the VQGAN and CLIP the config names, frozen, on `device`."""
+    from vqclip.download import clip_cache_dir
+
+    device = device or resolve_device(cfg.device)
+    config_path, ckpt_path = vqgan_files(cfg, progress)
+    vqgan = load_vqgan(config_path, ckpt_path, with_encoder=bool(cfg.init_image), device=device)
+    clip = load_clip(cfg.clip.model, cfg.clip.pretrained, device=device, cache_dir=clip_cache_dir(cfg.cache_dir))
+    return Models(vqgan, clip)
+
+
+def check_size(size: Sequence[int], factor: int) -> None:
+    """Sizes must be multiples of the VQGAN's downsampling factor; say which size would fit."""
+    if any(s % factor for s in size):
+        fit = [max(factor, round(s / factor) * factor) for s in size]
+        raise ConfigError(f"bad value for config key 'size': {list(size)} is not a multiple of this VQGAN's "
+                          f"downsampling factor {factor}; allowed: multiples of {factor}, e.g. size={fit}")
+
+
+def synth(vqgan: VQGAN, z: torch.Tensor) -> torch.Tensor:
+    """Latent z [B, D, h, w] -> image [B, 3, H, W] in [0, 1], quantised straight-through."""
+    z_q = vector_quantize(z.movedim(1, -1), vqgan.codebook).movedim(-1, 1)
+    return clamp_with_grad(vqgan.decode(z_q).add(1).div(2), 0.0, 1.0)
+
+
+def embed_cutouts(clip: ClipModel, augment: torch.nn.Module, images: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
+    """Images [B, 3, H, W] -> CLIP embeddings of their augmented cutouts [B, cutn, D]."""
+    cuts = augment(make_cutouts(images, cfg.cutouts.cutn, clip.input_size, cfg.cutouts.cut_pow))
+    return clip.encode_image(cuts).view(images.shape[0], cfg.cutouts.cutn, -1)
+
+
+def build_targets(cfg: GenerateConfig, models: Models, augment: torch.nn.Module, device: torch.device) -> List[Target]:
+    """Text and image prompts -> CLIP targets, computed once before the loop."""
+    targets = []
+    for p in split_prompts(cfg.prompts):
+        targets.append(Target(models.clip.encode_text([p.text]), p.weight, p.stop, name=p.text).to(device))
+    for p in split_prompts(cfg.image_prompts):
+        image = load_image_tensor(p.text, tuple(cfg.size), "image prompt").to(device)
+        with torch.no_grad():
+            embeds = embed_cutouts(models.clip, augment, image, cfg)[0]
+        targets.append(Target(embeds, p.weight, p.stop, name=p.text).to(device))
+    return targets
+
+
+def initial_latent(cfg: GenerateConfig, vqgan: VQGAN, device: torch.device, batch: int = 1) -> torch.Tensor:
+    """Random codebook tokens, or the VQGAN encoding of `init_image`: [batch, D, H/f, W/f]."""
+    w, h = cfg.size
+    f = vqgan.factor
+    if cfg.init_image:
+        image = load_image_tensor(cfg.init_image, (w, h), "init image").to(device)
+        with torch.no_grad():
+            return vqgan.encode(image).repeat(batch, 1, 1, 1)
+    tokens = torch.randint(vqgan.n_embed, (batch, h // f, w // f), device=device)
+    return vqgan.codebook[tokens].permute(0, 3, 1, 2).contiguous()
+
+
+def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """An optimiser by config name (see vqclip.config.OPTIMIZERS)."""
+    table = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
+             "adamax": torch.optim.Adamax, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+    return table[name.lower()](params, lr=lr)
+
+
+def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbacks: Sequence[Callback] = (),
+             progress: bool = True, save: bool = True) -> GenerationResult:
+    """Run VQGAN+CLIP latent optimisation for `config.steps` steps and return the result.
+
+    Args:
+        config: a checked `GenerateConfig` (see `load_config`); `seed=None` picks and records one.
+        models: preloaded `Models` (else loaded, downloading named models if needed).
+        callbacks: called with a dict per step: step, z, image [B,3,H,W] in [0,1] (before the step's
+            update), loss (float), losses (per prompt, floats) and final (True once, after the last
+            step, with the image of the final latent).
+        progress: show a tqdm bar with the step and loss.
+        save: write a run folder (config, frames, video, final PNG) under `config.output.dir`.
+    Returns:
+        GenerationResult with the final PIL images, the latent, the loss per step, the config with
+        its seed, and the run folder and files written.
+    """
+    validate(config)
+    if not config.prompts and not config.image_prompts:
+        raise ConfigError("no prompt given; allowed: a text prompt (\"a red car\") or image_prompts=[path]")
+    split_prompts(config.prompts), split_prompts(config.image_prompts)  # fail on syntax before loading models
+    if config.seed is None:
+        config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
+        log.info("no seed given; using seed %d", config.seed)
+    device = resolve_device(config.device)
+    models = models or load_models(config, device, progress)
+    check_size(config.size, models.vqgan.factor)
+
+    torch.manual_seed(config.seed)  # type: ignore[arg-type]
+    augment = build_augments(config.cutouts.augments, models.clip.input_size, config.cutouts.noise)
+    targets = build_targets(config, models, augment, device)
+    z = initial_latent(config, models.vqgan, device).requires_grad_(True)
+    z_start = z.detach().clone()
+    z_min = models.vqgan.codebook.min(0).values.view(1, -1, 1, 1)
+    z_max = models.vqgan.codebook.max(0).values.view(1, -1, 1, 1)
+    opt = make_optimizer(config.optim.name, [z], config.optim.lr)
+
+    from vqclip import __version__
+    from vqclip.outputs import RunWriter
+
+    writer = RunWriter(config, __version__) if save else None
+    hooks = list(callbacks) + ([writer] if writer else [])
+    losses: List[float] = []
+    bar = tqdm(range(config.steps), disable=not progress, desc="vqclip", unit="step", dynamic_ncols=True)
+    try:
+        for step in bar:
+            opt.zero_grad(set_to_none=True)
+            image = synth(models.vqgan, z)
+            embeds = embed_cutouts(models.clip, augment, image, config)
+            terms = [t(embeds) for t in targets]
+            if config.init_weight:
+                terms.append(F.mse_loss(z, z_start, reduction="none").flatten(1).mean(1) * (config.init_weight / 2))
+            loss = torch.stack(terms).sum()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                z.copy_(z.maximum(z_min).minimum(z_max))  # stay inside the codebook's range
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            info = {"step": step, "z": z.detach(), "image": image.detach(), "loss": losses[-1],
+                    "losses": [float(t.detach().sum()) for t in terms], "final": False}
+            for hook in hooks:
+                hook(info)
+        with torch.no_grad():
+            final = synth(models.vqgan, z)
+        info = {"step": config.steps, "z": z.detach(), "image": final, "loss": losses[-1],
+                "losses": [], "final": True}
+        for hook in hooks:
+            hook(info)
+    except BaseException:
+        if writer:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+    return GenerationResult(images=[to_pil(img) for img in final], z=z.detach(), losses=losses, config=config,
+                            run_dir=writer.run_dir if writer else None, paths=writer.paths if writer else [])

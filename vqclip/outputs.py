@@ -1,0 +1,171 @@
+"""Files on disk: the run folder, PNGs with metadata, frames and the progress video.
+
+`RunWriter` is a generation callback: it creates a new run folder (never reusing one, even when two
+runs start at the same moment), writes frames every `output.save_every` steps, streams video frames
+to ffmpeg (through imageio-ffmpeg) and on the final step writes the final PNG(s) and closes the
+video. Every file appears atomically: written under a temporary name, then renamed.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from vqclip.config import GenerateConfig, to_yaml
+from vqclip.errors import VQClipError
+from vqclip.images import to_pil, to_uint8
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call write(tmp_path), then rename tmp onto `path`; on any failure remove tmp and re-raise."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def slugify(text: str, limit: int = 40) -> str:
+    """A short, filesystem-safe name from a prompt."""
+    slug = re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-").lower()
+    return slug[:limit].rstrip("-") or "run"
+
+
+def new_run_dir(root: str | Path, label: str) -> Path:
+    """Create and return a fresh folder `root/<time>-<label>[-N]`; mkdir is atomic, so never shared."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VQClipError(f"cannot create output folder {root}: {exc.strerror or exc}") from None
+    if not os.access(root, os.W_OK):
+        raise VQClipError(f"output folder {root} is not writable")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{slugify(label)}"
+    for n in range(1, 10_000):
+        path = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise VQClipError(f"cannot create run folder in {root}: {exc.strerror or exc}") from None
+    raise VQClipError(f"too many runs named {base} in {root}")
+
+
+def png_metadata(cfg: GenerateConfig, version: str, extra: Optional[Dict[str, str]] = None) -> PngInfo:
+    """PNG text chunks: prompt, seed, the full resolved config (YAML) and the vqclip version."""
+    info = PngInfo()
+    info.add_text("prompt", " | ".join(cfg.prompts))
+    info.add_text("seed", str(cfg.seed))
+    info.add_itxt("config", to_yaml(cfg))
+    info.add_text("vqclip_version", version)
+    for key, value in (extra or {}).items():
+        info.add_text(key, value)
+    return info
+
+
+def save_png(image: Image.Image, path: Path, pnginfo: Optional[PngInfo] = None) -> Path:
+    """Write a PNG atomically (optimize off, so the bytes depend only on the pixels and text)."""
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=pnginfo))
+
+
+class VideoWriter:
+    """Streams frames to an mp4 (libx264, yuv420p) under a temporary name; `close` renames it."""
+
+    def __init__(self, path: Path, fps: int) -> None:
+        import imageio.v2 as imageio
+
+        self.path = path
+        self.tmp = path.with_name(f".{path.stem}.part{path.suffix}")
+        self.frames = 0
+        self._writer = imageio.get_writer(self.tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                          pixelformat="yuv420p", macro_block_size=2, quality=8,
+                                          ffmpeg_log_level="error")
+
+    def append(self, frame) -> None:
+        """Add one HxWx3 uint8 frame."""
+        self._writer.append_data(frame)
+        self.frames += 1
+
+    def close(self) -> Optional[Path]:
+        """Finish encoding and move the file into place; None when no frame was written."""
+        self._writer.close()
+        if self.frames == 0:
+            self.tmp.unlink(missing_ok=True)
+            return None
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Stop without leaving a file behind."""
+        try:
+            self._writer.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+class RunWriter:
+    """Generation callback that writes a run folder: config.yaml, frames/, progress.mp4, final PNGs."""
+
+    def __init__(self, cfg: GenerateConfig, version: str) -> None:
+        self.cfg, self.version = cfg, version
+        self.run_dir = new_run_dir(cfg.output.dir, " ".join(cfg.prompts) or "image")
+        self.paths: List[Path] = []
+        self.videos: List[Optional[VideoWriter]] = []
+        atomic_write(self.run_dir / "config.yaml", lambda tmp: tmp.write_text(to_yaml(cfg)))
+        self.paths.append(self.run_dir / "config.yaml")
+
+    def _names(self, n: int, stem: str) -> List[str]:
+        return [stem] if n == 1 else [f"{stem}-{i}" for i in range(n)]
+
+    def __call__(self, info: Dict[str, Any]) -> None:
+        """Handle one step: frames and video on schedule; final PNG(s) and video close on `final`."""
+        images = info["image"]  # [B, 3, H, W] in [0, 1]
+        step, out = info["step"], self.cfg.output
+        if out.video and not self.videos:
+            names = self._names(images.shape[0], "progress")
+            self.videos = [VideoWriter(self.run_dir / f"{n}.mp4", out.fps) for n in names]
+        if out.video and (info.get("final") or step % out.video_every == 0):
+            for video, img in zip(self.videos, images):
+                video.append(to_uint8(img))
+        if not info.get("final") and out.save_every and step % out.save_every == 0:
+            frames = self.run_dir / "frames"
+            if not frames.exists():
+                frames.mkdir()
+                self.paths.append(frames)
+            for name, img in zip(self._names(images.shape[0], "frame"), images):
+                save_png(to_pil(img), frames / f"{name}-{step:06d}.png" if images.shape[0] > 1
+                         else frames / f"{step:06d}.png")
+        if info.get("final"):
+            self.finish(info)
+
+    def finish(self, info: Dict[str, Any]) -> None:
+        """Write the final PNG(s) with metadata and close the video(s)."""
+        pnginfo = png_metadata(self.cfg, self.version, {"steps": str(info["step"]), "loss": f"{info['loss']:.6f}"})
+        for name, img in zip(self._names(info["image"].shape[0], "image"), info["image"]):
+            self.paths.append(save_png(to_pil(img), self.run_dir / f"{name}.png", pnginfo))
+        for video in self.videos:
+            path = video.close() if video else None
+            if path:
+                self.paths.append(path)
+        self.videos = []
+
+    def abort(self) -> None:
+        """Close any open video without leaving a partial file."""
+        for video in self.videos:
+            if video:
+                video.abort()
+        self.videos = []
