@@ -152,6 +152,69 @@ def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> torc
     return table[name.lower()](params, lr=lr)
 
 
+class Run:
+    """One optimisation in progress: targets, latent, optimiser; `step()` advances it by one.
+
+    Built by `generate`, and usable directly by drivers that change things between steps
+    (animations swap targets or latents). Seeds torch's RNG from `config.seed` when created.
+    """
+
+    def __init__(self, config: GenerateConfig, models: Models, device: torch.device) -> None:
+        self.config, self.models, self.device = config, models, device
+        torch.manual_seed(config.seed)  # type: ignore[arg-type]
+        self.augment = build_augments(config.cutouts.augments, models.clip.input_size, config.cutouts.noise)
+        self.targets = build_targets(config, models, self.augment, device)
+        self.z = initial_latent(config, models.vqgan, device).requires_grad_(True)
+        self.z_start = self.z.detach().clone()
+        self.z_min = models.vqgan.codebook.min(0).values.view(1, -1, 1, 1)
+        self.z_max = models.vqgan.codebook.max(0).values.view(1, -1, 1, 1)
+        self.opt = make_optimizer(config.optim.name, [self.z], config.optim.lr)
+        self.step_index = 0
+        self.losses: List[float] = []
+
+    def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
+        """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt (+ init)."""
+        embeds = embed_cutouts(self.models.clip, self.augment, image, self.config)
+        terms = [t(embeds) for t in self.targets]
+        if self.config.init_weight:
+            mse = F.mse_loss(self.z, self.z_start, reduction="none").flatten(1).mean(1)
+            terms.append(mse * (self.config.init_weight / 2))
+        return terms
+
+    def step(self) -> Dict[str, Any]:
+        """One optimisation step; returns the callback dict (image is the one before the update)."""
+        self.opt.zero_grad(set_to_none=True)
+        image = synth(self.models.vqgan, self.z)
+        terms = self.loss_terms(image)
+        loss = torch.stack(terms).sum()
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
+        self.losses.append(loss.item())
+        info = {"step": self.step_index, "z": self.z.detach(), "image": image.detach(), "loss": self.losses[-1],
+                "losses": [float(t.detach().sum()) for t in terms], "final": False}
+        self.step_index += 1
+        return info
+
+    @torch.no_grad()
+    def image(self) -> torch.Tensor:
+        """The image [B, 3, H, W] in [0, 1] of the current latent."""
+        return synth(self.models.vqgan, self.z)
+
+
+def prepare(config: GenerateConfig) -> GenerateConfig:
+    """Check a config before any model loads; pick and record a seed when it has none."""
+    validate(config)
+    if not config.prompts and not config.image_prompts:
+        raise ConfigError("no prompt given; allowed: a text prompt (\"a red car\") or image_prompts=[path]")
+    split_prompts(config.prompts), split_prompts(config.image_prompts)  # fail on syntax before loading models
+    if config.seed is None:
+        config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
+        log.info("no seed given; using seed %d", config.seed)
+    return config
+
+
 def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbacks: Sequence[Callback] = (),
              progress: bool = True, save: bool = True) -> GenerationResult:
     """Run VQGAN+CLIP latent optimisation for `config.steps` steps and return the result.
@@ -160,7 +223,7 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
         config: a checked `GenerateConfig` (see `load_config`); `seed=None` picks and records one.
         models: preloaded `Models` (else loaded, downloading named models if needed).
         callbacks: called with a dict per step: step, z, image [B,3,H,W] in [0,1] (before the step's
-            update), loss (float), losses (per prompt, floats) and final (True once, after the last
+            update), loss (float), losses (per term, floats) and final (True once, after the last
             step, with the image of the final latent).
         progress: show a tqdm bar with the step and loss.
         save: write a run folder (config, frames, video, final PNG) under `config.output.dir`.
@@ -168,56 +231,28 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
         GenerationResult with the final PIL images, the latent, the loss per step, the config with
         its seed, and the run folder and files written.
     """
-    validate(config)
-    if not config.prompts and not config.image_prompts:
-        raise ConfigError("no prompt given; allowed: a text prompt (\"a red car\") or image_prompts=[path]")
-    split_prompts(config.prompts), split_prompts(config.image_prompts)  # fail on syntax before loading models
-    if config.seed is None:
-        config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
-        log.info("no seed given; using seed %d", config.seed)
+    config = prepare(config)
     device = resolve_device(config.device)
     models = models or load_models(config, device, progress)
     check_size(config.size, models.vqgan.factor)
-
-    torch.manual_seed(config.seed)  # type: ignore[arg-type]
-    augment = build_augments(config.cutouts.augments, models.clip.input_size, config.cutouts.noise)
-    targets = build_targets(config, models, augment, device)
-    z = initial_latent(config, models.vqgan, device).requires_grad_(True)
-    z_start = z.detach().clone()
-    z_min = models.vqgan.codebook.min(0).values.view(1, -1, 1, 1)
-    z_max = models.vqgan.codebook.max(0).values.view(1, -1, 1, 1)
-    opt = make_optimizer(config.optim.name, [z], config.optim.lr)
+    run = Run(config, models, device)
 
     from vqclip import __version__
     from vqclip.outputs import RunWriter
 
     writer = RunWriter(config, __version__) if save else None
     hooks = list(callbacks) + ([writer] if writer else [])
-    losses: List[float] = []
-    bar = tqdm(range(config.steps), disable=not progress, desc="vqclip", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=config.steps, disable=not progress, desc="vqclip", unit="step", dynamic_ncols=True)
     try:
-        for step in bar:
-            opt.zero_grad(set_to_none=True)
-            image = synth(models.vqgan, z)
-            embeds = embed_cutouts(models.clip, augment, image, config)
-            terms = [t(embeds) for t in targets]
-            if config.init_weight:
-                terms.append(F.mse_loss(z, z_start, reduction="none").flatten(1).mean(1) * (config.init_weight / 2))
-            loss = torch.stack(terms).sum()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                z.copy_(z.maximum(z_min).minimum(z_max))  # stay inside the codebook's range
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            info = {"step": step, "z": z.detach(), "image": image.detach(), "loss": losses[-1],
-                    "losses": [float(t.detach().sum()) for t in terms], "final": False}
+        while run.step_index < config.steps:
+            info = run.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{info['loss']:.4f}")
             for hook in hooks:
                 hook(info)
-        with torch.no_grad():
-            final = synth(models.vqgan, z)
-        info = {"step": config.steps, "z": z.detach(), "image": final, "loss": losses[-1],
-                "losses": [], "final": True}
+        final = run.image()
+        info = {"step": run.step_index, "z": run.z.detach(), "image": final,
+                "loss": run.losses[-1] if run.losses else float("nan"), "losses": [], "final": True}
         for hook in hooks:
             hook(info)
     except BaseException:
@@ -226,5 +261,6 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
         raise
     finally:
         bar.close()
-    return GenerationResult(images=[to_pil(img) for img in final], z=z.detach(), losses=losses, config=config,
-                            run_dir=writer.run_dir if writer else None, paths=writer.paths if writer else [])
+    return GenerationResult(images=[to_pil(img) for img in final], z=run.z.detach(), losses=run.losses,
+                            config=config, run_dir=writer.run_dir if writer else None,
+                            paths=writer.paths if writer else [])
