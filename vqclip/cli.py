@@ -53,10 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
+    """Log vqclip's own messages to stderr; other libraries' only with --verbose.
+
+    Errors other libraries log (open_clip's failed download, say) would repeat what the one-line
+    error already says, so they stay out of the way unless asked for.
+    """
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="vqclip: %(message)s", stream=sys.stderr)
-    for noisy in ("open_clip", "root", "urllib3", "httpx"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vqclip: %(message)s"))
+    if not verbose:
+        handler.addFilter(lambda record: record.name.startswith("vqclip"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    log.setLevel(level)
 
 
 def _run_generate(argv: Sequence[str]) -> int:

@@ -7,8 +7,11 @@ size and applies the model's normalisation itself, so callers never handle mean/
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
+import os
+import socket
 import zipfile
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -118,8 +121,9 @@ def load_clip(model: str, pretrained: Optional[str] = None, *, device: str | tor
             log.warning("clip.model %s with OpenAI weights: using QuickGELU activations as those weights need", name)
             kwargs["force_quick_gelu"] = True
         try:
-            net = open_clip.create_model(name, pretrained=pretrained,
-                                         cache_dir=str(cache_dir) if cache_dir else None, **kwargs)
+            with _hub_offline_when_unreachable():
+                net = open_clip.create_model(name, pretrained=pretrained,
+                                             cache_dir=str(cache_dir) if cache_dir else None, **kwargs)
         except Exception as exc:  # network failures surface as many exception types
             raise DownloadError(f"could not fetch CLIP weights {name}/{pretrained} through open_clip "
                                 f"(cache {cache_dir or 'open_clip default'}): "
@@ -128,6 +132,35 @@ def load_clip(model: str, pretrained: Optional[str] = None, *, device: str | tor
                                 "bundled demo: --config configs/shapes.yaml") from None
     tokenizer = open_clip.get_tokenizer(name)
     return ClipModel(net, tokenizer, name).to(device)
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (DNS failures return at once)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_when_unreachable():
+    """Put huggingface_hub in offline mode while the hub cannot be reached.
+
+    Without it, a cache miss with no network retries for most of a minute before failing; in offline
+    mode a cached file is used at once and a missing one fails at once.
+    """
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    offline = before or os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable()
+    if offline and not before:
+        log.info("huggingface.co is unreachable: using open_clip's cache only")
+    constants.HF_HUB_OFFLINE = offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _create_from_file(open_clip, name: str, path: Path, kwargs: dict) -> nn.Module:
