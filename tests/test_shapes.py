@@ -1,0 +1,96 @@
+"""The shapes world: caption grammar, drawing, the geometric evaluator, and a quick training run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from vqclip.shapes.evaluate import accuracy, read_image
+from vqclip.shapes.world import (COLORS, HELD_OUT, PALETTE, SHAPES, Scene, ShapesDataset, all_captions, all_scenes,
+                                 coverage, draw, format_caption, parse_caption, sample_geometry, sample_images,
+                                 shape_height, train_scenes)
+
+
+def test_caption_grammar_round_trips():
+    captions = all_captions()
+    assert len(captions) == len(set(captions)) == 8 * 7 * 3
+    for scene in all_scenes():
+        assert parse_caption(scene.caption) == scene
+    assert format_caption("red", "circle", "blue") == "a red circle on a blue background"
+    assert parse_caption("  An Orange   TRIANGLE on a white background ") == Scene("orange", "triangle", "white")
+
+
+@pytest.mark.parametrize("bad", ["a red circle", "a red hexagon on a blue background",
+                                 "a pink circle on a blue background", "a red circle on a red background"])
+def test_bad_captions_are_refused(bad):
+    with pytest.raises(ValueError):
+        parse_caption(bad)
+
+
+def test_held_out_list_is_spread_and_disjoint_from_training():
+    held = set(HELD_OUT)
+    assert len(held) == len(HELD_OUT) >= 16
+    assert all(s.color != s.background for s in held)
+    assert {s.shape for s in held} == set(SHAPES)
+    assert {s.color for s in held} == set(COLORS) == {s.background for s in held}
+    train = train_scenes()
+    assert held.isdisjoint(train) and len(train) + len(held) == len(all_scenes())
+    seen = {ShapesDataset(train, 10_000, seed=3)[i]["caption"] for i in range(2_000)}
+    assert seen.isdisjoint(s.caption for s in held)
+    assert len(seen) == len(train)  # the sampler covers every training scene
+
+
+def test_drawing_is_seeded_and_in_frame():
+    ds = ShapesDataset(train_scenes(), 100, seed=7, size=128)
+    a, b = ds[5], ds[5]
+    assert a["caption"] == b["caption"] and np.array_equal(a["image"].numpy(), b["image"].numpy())
+    assert a["image"].shape == (3, 128, 128) and 0 <= float(a["image"].min()) <= float(a["image"].max()) <= 1
+    rng = np.random.default_rng(0)
+    ideal_area = {"circle": np.pi / 4, "square": 1.0, "triangle": np.sqrt(3) / 4}
+    for i in range(60):
+        shape = SHAPES[i % 3]
+        geo = sample_geometry(shape, 128, rng)
+        assert 0.3 * 128 <= geo.extent <= 0.7 * 128
+        assert geo.x0 >= 0 and geo.y0 >= 0
+        assert geo.x0 + geo.extent <= 128 and geo.y0 + shape_height(shape, geo.extent) <= 128
+        area = coverage(shape, geo, 128).sum()  # nothing cut off by the frame
+        assert area == pytest.approx(ideal_area[shape] * geo.extent ** 2, rel=0.02)
+
+
+def test_noise_is_small():
+    rng = np.random.default_rng(0)
+    img = draw(Scene("red", "circle", "blue"), rng).astype(int)
+    corner = img[:10, :10].reshape(-1, 3)
+    assert np.abs(corner - np.array(PALETTE["blue"])).max() <= 10
+
+
+def test_evaluator_reads_fresh_images():
+    pairs = [(read_image(img), scene) for scene, img in sample_images(all_scenes(), 336, seed=11)]
+    acc = accuracy(pairs)
+    assert acc["all"] >= 0.99, acc
+
+
+def test_evaluator_survives_blur_noise_and_specks():
+    rng = np.random.default_rng(1)
+
+    def spoil(img: np.ndarray) -> np.ndarray:
+        img = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(2)), np.float32)
+        img = img + rng.normal(0, 12, img.shape)
+        specks = rng.random(img.shape[:2]) < 0.02
+        img[specks] = rng.integers(0, 256, (int(specks.sum()), 3))
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    pairs = [(read_image(Image.fromarray(spoil(img))), scene) for scene, img in sample_images(HELD_OUT, 96, seed=5)]
+    assert accuracy(pairs)["all"] >= 0.95
+
+
+def test_evaluator_refuses_what_is_not_a_scene():
+    flat = np.full((128, 128, 3), PALETTE["green"], np.uint8)
+    assert read_image(flat).shape is None and read_image(flat).background == "green"
+    bar = flat.copy()
+    bar[50:75, 5:120] = PALETTE["red"]  # a long rectangle is no square
+    reading = read_image(bar)
+    assert reading.color == "red" and reading.shape is None
+    assert not reading.matches("a red square on a green background")
+    with pytest.raises(ValueError):
+        read_image(np.zeros((8, 8), np.uint8))
