@@ -66,3 +66,42 @@ def write_clip(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     weights = folder / "tiny-clip.pt"
     torch.save(model.state_dict(), weights)
     return json_path, weights
+
+
+def write_openai_archive(folder: Path, seed: int = 0) -> tuple[str, Path, "torch.nn.Module"]:
+    """Write a tiny CLIP as OpenAI publishes theirs: a TorchScript archive under OpenAI's key names.
+
+    Returns (open_clip model name, archive path, the source model). OpenAI's loader infers the
+    architecture from the tensors (heads = width // 64), so widths here are 64.
+    """
+    import warnings
+
+    import open_clip
+    from torch import nn
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"embed_dim": 32, "quick_gelu": True,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    json_path = folder / "tiny-openai.json"
+    json_path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(json_path)
+    torch.manual_seed(seed)
+    model = open_clip.create_model("tiny-openai", pretrained=None)
+
+    class Archive(nn.Module):  # same children and parameters, a trivial traceable forward
+        def __init__(self, src: nn.Module) -> None:
+            super().__init__()
+            for name, child in src.named_children():
+                setattr(self, name, child)
+            for name, param in src.named_parameters(recurse=False):
+                self.register_parameter(name, param)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.logit_scale
+
+    path = folder / "tiny-openai.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.trace(Archive(model), torch.ones(1)), str(path))
+    return "tiny-openai", path, model

@@ -116,3 +116,14 @@ def test_clip_bad_names(tiny_files, tmp_path):
         load_clip(str(tiny_files["clip_json"]), str(tmp_path / "missing.pt"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_clip(str(tmp_path / "none.json"), None)
+
+
+def test_clip_from_openai_torchscript_archive(tmp_path):
+    from tests.fixtures import write_openai_archive
+
+    name, path, source = write_openai_archive(tmp_path)
+    clip = load_clip(name, str(path))
+    x = torch.rand(2, 3, 32, 32)
+    normalised = (x - clip.mean) / clip.std
+    torch.testing.assert_close(clip.encode_image(x), source.encode_image(normalised), atol=5e-3, rtol=0)
+    assert clip.encode_text(["a cat"]).shape == (1, 32)
