@@ -1,0 +1,31 @@
+"""The shapes quality benchmark's plumbing, on the tiny random models (scores are not the point here)."""
+import json
+
+from vqclip import load_config
+from vqclip.shapes.quality import CHANCE, eval_scenes, example_grid, run_benchmark
+from vqclip.shapes.world import HELD_OUT, train_scenes
+
+
+def test_eval_scenes_fixed_and_disjoint():
+    scenes = eval_scenes(16)
+    assert scenes["held_out"] == list(HELD_OUT) and len(scenes["seen"]) == 16
+    assert set(scenes["seen"]) <= set(train_scenes()) and not set(scenes["seen"]) & set(HELD_OUT)
+    assert eval_scenes(16) == scenes
+
+
+def test_benchmark_report(tiny_overrides, tmp_path, monkeypatch):
+    import vqclip.shapes.quality as quality
+
+    monkeypatch.setattr(quality, "HELD_OUT", HELD_OUT[:1])
+    cfg = load_config([], tiny_overrides + ["steps=2"])
+    report = run_benchmark(cfg, seeds=[0], n_seen=2, image_dir=tmp_path / "img")
+    assert [s.split for s in report.samples] == ["seen", "seen", "held_out"]
+    assert set(report.success) == {"seen", "held_out", "all"} and report.chance == CHANCE
+    for s in report.samples:
+        expected = all(s.correct.values())
+        assert (s.read_as == s.caption) == expected
+    data = json.loads(report.to_json())
+    assert data["config"]["steps"] == 2 and len(data["samples"]) == 3
+    assert "held-out" in report.table()
+    grid = example_grid(report.samples, columns=2, cell=32)
+    assert grid.size == (64, 2 * 38)
