@@ -48,6 +48,10 @@ def test_named_model_from_registry_with_dead_first_mirror(tiny_files, tmp_path, 
         assert main(["models", "--cache-dir", str(tmp_path / "cache")]) == 0
         listing = capsys.readouterr().out
         assert "tiny_f4_64" in listing and "cached" in listing
+        assert main(["download", "tiny_f4_64", "-q", "--cache-dir", str(tmp_path / "cache2")]) == 0
+        out = capsys.readouterr().out
+        assert str(tmp_path / "cache2" / "tiny_f4_64" / "model.ckpt") in out
+        assert (tmp_path / "cache2" / "tiny_f4_64" / "model.ckpt").read_bytes() == tiny_files["vqgan_ckpt"].read_bytes()
 
 
 def test_offline_named_model_gives_one_clear_message(tiny_files, tmp_path, capsys):

@@ -1,6 +1,9 @@
 """The shapes world: caption grammar, drawing, the geometric evaluator, and a quick training run."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -94,3 +97,48 @@ def test_evaluator_refuses_what_is_not_a_scene():
     assert not reading.matches("a red square on a green background")
     with pytest.raises(ValueError):
         read_image(np.zeros((8, 8), np.uint8))
+
+
+def test_quick_training_writes_loadable_files_in_the_published_formats(tmp_path):
+    import runpy
+
+    import open_clip
+    import torch
+    import yaml
+
+    from vqclip.models.vqgan import load_vqgan
+    from vqclip.shapes.train import CLIP_MEAN, CLIP_STD, clip_zero_shot, load_exported_vqgan, vqgan_psnr
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes.py"
+    main = runpy.run_path(str(script), run_name="train_shapes")["main"]
+    assert main(["--quick", "--out", str(tmp_path), "--clip-name", "shapes-clip-quick-test"]) == 0
+
+    # VQGAN: taming YAML + Lightning-style checkpoint under VQModel's key names.
+    spec = yaml.safe_load((tmp_path / "vqgan.yaml").read_text())["model"]
+    assert spec["target"] == "taming.models.vqgan.VQModel"
+    assert spec["params"]["lossconfig"] == {"target": "taming.modules.losses.vqperceptual.DummyLoss"}
+    dd = spec["params"]["ddconfig"]
+    assert dd["resolution"] == 128 and dd["double_z"] is False and dd["ch"] % 32 == 0
+    ckpt = torch.load(tmp_path / "vqgan.ckpt", map_location="cpu", weights_only=True)
+    assert set(ckpt) == {"state_dict", "epoch", "global_step", "pytorch-lightning_version"}
+    assert ckpt["global_step"] == 4
+    keys = set(ckpt["state_dict"])
+    assert {"quantize.embedding.weight", "quant_conv.weight", "quant_conv.bias", "post_quant_conv.weight",
+            "post_quant_conv.bias"} <= keys
+    assert all(k.split(".")[0] in {"encoder", "decoder", "quantize", "quant_conv", "post_quant_conv"} for k in keys)
+    vq = load_exported_vqgan(tmp_path / "vqgan.yaml", tmp_path / "vqgan.ckpt")  # strict
+    assert vqgan_psnr(vq, HELD_OUT, n=2) > 0
+    loaded = load_vqgan(tmp_path / "vqgan.yaml", tmp_path / "vqgan.ckpt", with_encoder=True)
+    assert loaded.decode(loaded.encode(torch.rand(1, 3, 128, 128))).shape == (1, 3, 128, 128)
+
+    # CLIP: an open_clip model-config JSON + a plain state dict, loaded by open_clip itself.
+    json_path, weights = tmp_path / "shapes-clip-quick-test.json", tmp_path / "shapes-clip-quick-test.pt"
+    open_clip.add_model_config(json_path)
+    model = open_clip.create_model("shapes-clip-quick-test", pretrained=str(weights))
+    assert tuple(model.visual.image_mean) == CLIP_MEAN and tuple(model.visual.image_std) == CLIP_STD
+    tokenizer = open_clip.get_tokenizer("shapes-clip-quick-test")
+    acc = clip_zero_shot(model.eval(), tokenizer, HELD_OUT, n=4)
+    assert set(acc) == {"all", "color", "shape", "background"}
+
+    report = json.loads((tmp_path / "training.json").read_text())
+    assert report["metrics"]["vqgan"]["steps"] == 4 and report["metrics"]["clip"]["steps"] == 4
