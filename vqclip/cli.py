@@ -84,9 +84,13 @@ def _run_generate(argv: Sequence[str]) -> int:
 
     cfg = load_config(args.config, overrides, prompts=prompts or None)
     result = generate(cfg, progress=not args.quiet, save=not args.no_save)
-    log.info("seed %d, final loss %.4f", result.seed, result.losses[-1])
     for path in result.paths:
         print(path)
+    if result.interrupted:
+        log.warning("interrupted after step %d of %d; the image so far and the files above are complete",
+                    len(result.losses), cfg.steps)
+        return 130
+    log.info("seed %d, final loss %.4f", result.seed, result.losses[-1])
     return 0
 
 

@@ -51,6 +51,7 @@ class GenerationResult:
     config: GenerateConfig
     run_dir: Optional[Path] = None
     paths: List[Path] = field(default_factory=list)
+    interrupted: bool = False  # stopped early by Ctrl-C/SIGTERM; images are those of the last step
 
     @property
     def seed(self) -> int:
@@ -242,17 +243,17 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
 
     writer = RunWriter(config, __version__) if save else None
     hooks = list(callbacks) + ([writer] if writer else [])
+    from vqclip.interrupt import StopSignal
+
     bar = tqdm(total=config.steps, disable=not progress, desc="vqclip", unit="step", dynamic_ncols=True)
+    stop = StopSignal()
     try:
-        while run.step_index < config.steps:
-            info = run.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{info['loss']:.4f}")
-            for hook in hooks:
-                hook(info)
+        with stop:
+            _loop(run, config.steps, hooks, bar, stop)
         final = run.image()
         info = {"step": run.step_index, "z": run.z.detach(), "image": final,
-                "loss": run.losses[-1] if run.losses else float("nan"), "losses": [], "final": True}
+                "loss": run.losses[-1] if run.losses else float("nan"), "losses": [], "final": True,
+                "interrupted": stop.requested}
         for hook in hooks:
             hook(info)
     except BaseException:
@@ -263,4 +264,14 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
         bar.close()
     return GenerationResult(images=[to_pil(img) for img in final], z=run.z.detach(), losses=run.losses,
                             config=config, run_dir=writer.run_dir if writer else None,
-                            paths=writer.paths if writer else [])
+                            paths=writer.paths if writer else [], interrupted=stop.requested)
+
+
+def _loop(run: Run, steps: int, hooks: Sequence[Callback], bar: Any, stop: Any) -> None:
+    """Step until `steps` or until a stop is requested, feeding every hook and the progress bar."""
+    while run.step_index < steps and not stop.requested:
+        info = run.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{info['loss']:.4f}")
+        for hook in hooks:
+            hook(info)
