@@ -21,6 +21,7 @@ from vqclip.errors import ConfigError
 OPTIMIZERS = ("adam", "adamw", "adagrad", "adamax", "rmsprop", "sgd")
 AUGMENTS = ("flip", "affine", "perspective", "jitter", "erasing", "sharpness", "noise", "resized_crop")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+ATTENTION = ("sdpa", "taming")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -97,6 +98,9 @@ class GenerateConfig:
                             default_factory=lambda: [256, 256])
     steps: int = _help("optimisation steps", default=300)
     device: str = _help(f"device: {', '.join(DEVICES)} (auto: cuda if available, else cpu)", default="auto")
+    # sdpa: the decoder's attention through scaled_dot_product_attention (same weights; memory not
+    # quadratic in the latent size); taming: taming's own bmm + softmax, as the original notebooks.
+    attention: str = _help("decoder attention: sdpa (fused, lean) or taming (the original)", default="sdpa")
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     clip: CLIPConfig = field(default_factory=CLIPConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -195,6 +199,7 @@ def validate(cfg: GenerateConfig) -> None:
     _check(cfg.init_weight >= 0, "init_weight", "a number >= 0", cfg.init_weight)
     _check(cfg.device in DEVICES or cfg.device.startswith("cuda:"), "device",
            ", ".join(DEVICES) + " or cuda:N", cfg.device)
+    _check(cfg.attention in ATTENTION, "attention", ", ".join(ATTENTION), cfg.attention)
     _check(cfg.optim.name.lower() in OPTIMIZERS, "optim.name", ", ".join(OPTIMIZERS), cfg.optim.name)
     _check(cfg.optim.lr > 0, "optim.lr", "a number > 0", cfg.optim.lr)
     _check(cfg.cutouts.cutn > 0, "cutouts.cutn", "a positive integer", cfg.cutouts.cutn)

@@ -96,7 +96,8 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
 
     device = device or resolve_device(cfg.device)
     config_path, ckpt_path = vqgan_files(cfg, progress)
-    vqgan = load_vqgan(config_path, ckpt_path, with_encoder=bool(cfg.init_image), device=device)
+    vqgan = load_vqgan(config_path, ckpt_path, with_encoder=bool(cfg.init_image), device=device,
+                       attention=cfg.attention)
     clip = load_clip(cfg.clip.model, cfg.clip.pretrained, device=device, cache_dir=clip_cache_dir(cfg.cache_dir))
     return Models(vqgan, clip)
 

@@ -88,6 +88,29 @@ class VQGAN(nn.Module):
         return vector_quantize(h.movedim(1, -1), self.codebook).movedim(-1, 1)
 
 
+def _sdpa_attention(self, x: torch.Tensor) -> torch.Tensor:
+    """taming's AttnBlock.forward with the same weights, through scaled_dot_product_attention.
+
+    The original builds the full [hw, hw] attention matrix with bmm + softmax; SDPA picks a fused
+    kernel whose memory does not grow quadratically with the latent size.
+    """
+    h = self.norm(x)
+    b, c, hh, ww = h.shape
+    q, k, v = (conv(h).reshape(b, 1, c, hh * ww).transpose(-1, -2) for conv in (self.q, self.k, self.v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # [b, 1, hw, c]
+    return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, hh, ww))
+
+
+def use_sdpa_attention(module: nn.Module) -> int:
+    """Route every taming AttnBlock inside `module` through SDPA (same weights); return how many."""
+    from taming.modules.diffusionmodules.model import AttnBlock
+
+    blocks = [m for m in module.modules() if isinstance(m, AttnBlock)]
+    for block in blocks:
+        block.forward = _sdpa_attention.__get__(block, AttnBlock)
+    return len(blocks)
+
+
 def read_model_config(path: str | Path) -> Dict[str, Any]:
     """Read and check a taming model YAML; return {"target": ..., "params": {...}}."""
     path = Path(path)
@@ -119,10 +142,12 @@ def read_model_config(path: str | Path) -> Dict[str, Any]:
 
 
 def load_vqgan(config_path: str | Path, checkpoint_path: str | Path, *, with_encoder: bool = False,
-               device: str | torch.device = "cpu") -> VQGAN:
+               device: str | torch.device = "cpu", attention: str = "sdpa") -> VQGAN:
     """Build a frozen VQGAN from a taming model YAML and its .ckpt (loaded safely, keys strictly).
 
     The encoder is only built and loaded when `with_encoder` is set (init images need it).
+    `attention="sdpa"` runs the attention blocks through scaled_dot_product_attention (same
+    weights, same result up to rounding); "taming" keeps taming's own bmm + softmax.
     Keys outside the modules used (`loss.*`, the encoder when not needed) are ignored; a missing or
     misshapen key in a used module is an error naming it.
     """
@@ -145,6 +170,10 @@ def load_vqgan(config_path: str | Path, checkpoint_path: str | Path, *, with_enc
             raise CheckpointError(f"checkpoint {checkpoint_path} does not match {config_path}: key {k} has "
                                   f"shape {tuple(v.shape)}, the config needs {tuple(expected[k].shape)}")
     model.load_state_dict({k: v.float() for k, v in used.items()}, strict=True)
+    if attention == "sdpa":
+        log.debug("attention through SDPA in %d blocks", use_sdpa_attention(model))
+    elif attention != "taming":
+        raise ValueError(f"attention must be 'sdpa' or 'taming', not {attention!r}")
     log.info("loaded VQGAN %s (%s, f%d, %d codes)", checkpoint_path, spec["target"].rsplit(".", 1)[1],
              model.factor, model.n_embed)
     return model.eval().requires_grad_(False).to(device)
