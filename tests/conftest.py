@@ -6,6 +6,10 @@ from pathlib import Path
 from typing import List
 
 import pytest
+import torch
+
+# Tiny models gain nothing from threads, and on a busy 2-core machine extra threads slow them a lot.
+torch.set_num_threads(1)
 
 from tests.fixtures import write_clip, write_vqgan
 

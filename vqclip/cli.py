@@ -1,6 +1,7 @@
 """The command line: argv -> config -> generate(). Maps arguments; holds no generation logic.
 
-    vqclip "a prompt" [--config FILE ...] [key=value ...]   generate an image
+    vqclip "a prompt" [--config FILE ...] [key=value ...]   generate an image (or, with mode=story|zoom|
+                                                            interpolate|restyle, an animation)
     vqclip models                                           list named models and what is cached
     vqclip download NAME [NAME ...]                         fetch named models ahead of time
 
@@ -38,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_config_reference() + "\n\nexamples:\n"
                '  vqclip "watercolor portrait of a teacher"\n'
                '  vqclip "a red circle on a blue background" --config configs/shapes.yaml\n'
-               '  vqclip "a lighthouse at dusk|fog:0.5" --config configs/hq.yaml steps=500 size=[512,512] seed=7',
+               '  vqclip "a lighthouse at dusk|fog:0.5" --config configs/hq.yaml steps=500 size=[512,512] seed=7\n'
+               '  vqclip "a sunrise^a storm^a starry night" mode=story story.steps_per_prompt=100\n'
+               '  vqclip --config configs/shapes.yaml --config configs/zoom.yaml\n'
+               '  vqclip "a red circle" "a blue square" mode=interpolate animation.frames=48\n'
+               '  vqclip "an oil painting" mode=restyle restyle.video=clip.mp4\n'
+               "  (modes: docs/animation.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="*", metavar="PROMPT | key=value",
                         help='text prompts ("text:weight:stop", "|" separates several; replace the '
@@ -83,7 +89,12 @@ def _run_generate(argv: Sequence[str]) -> int:
     from vqclip.generate import generate
 
     cfg = load_config(args.config, overrides, prompts=prompts or None)
-    result = generate(cfg, progress=not args.quiet, save=not args.no_save)
+    if cfg.mode == "image":
+        result = generate(cfg, progress=not args.quiet, save=not args.no_save)
+    else:
+        from vqclip.animate import run_mode
+
+        result = run_mode(cfg, progress=not args.quiet, save=not args.no_save)
     for path in result.paths:
         print(path)
     if result.interrupted:

@@ -23,6 +23,7 @@ AUGMENTS = ("flip", "affine", "perspective", "jitter", "erasing", "sharpness", "
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ATTENTION = ("sdpa", "taming")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+MODES = ("image", "story", "zoom", "interpolate", "restyle")
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -43,6 +44,16 @@ class VQGANConfig:
 
 
 @dataclass
+class ExtraCLIPConfig:
+    """One more CLIP model in an ensemble (an item of `clip.extra`)."""
+
+    model: str = _help("open_clip model name or model-config JSON path", default="")
+    pretrained: Optional[str] = _help("open_clip pretrained tag or local weights file (null: random weights)",
+                                      default="openai")
+    weight: float = _help("weight of this CLIP's guidance", default=1.0)
+
+
+@dataclass
 class CLIPConfig:
     """Which CLIP model scores the image."""
 
@@ -50,6 +61,11 @@ class CLIPConfig:
     model: str = _help("open_clip model name or model-config JSON path", default="ViT-B-32-quickgelu")
     # An open_clip pretrained tag (openai, laion2b_s34b_b79k, ...), a local weights file, or none.
     pretrained: Optional[str] = _help("open_clip pretrained tag or local weights file (null: random weights)", default="openai")
+    # The guidance of this model is multiplied by `weight`; 0 turns it off (only with clip.extra models).
+    weight: float = _help("weight of this CLIP's guidance (0: off, allowed only with clip.extra)", default=1.0)
+    # More CLIP models guiding at once (an ensemble); each sees its own cutouts at its own input size.
+    extra: List[ExtraCLIPConfig] = _help("more CLIP models guiding at once: [{model, pretrained, weight}]",
+                                           default_factory=list)
 
 
 @dataclass
@@ -84,6 +100,74 @@ class OutputConfig:
 
 
 @dataclass
+class SceneConfig:
+    """One scene of a story (an item of `story.scenes`)."""
+
+    prompts: List[str] = _help('the scene\'s text prompts, "text:weight:stop"', default_factory=list)
+    # Length in steps; or leave it out and give the next scene a `start`.
+    steps: Optional[int] = _help("the scene's length in steps", default=None)
+    start: Optional[int] = _help("the step at which the scene begins (instead of the previous scene's length)",
+                                 default=None)
+
+
+@dataclass
+class StoryConfig:
+    """mode=story: the prompts change over the run, scene by scene."""
+
+    scenes: List[SceneConfig] = _help("scenes in order: [{prompts, steps or start}] (else prompts split on '^')",
+                                      default_factory=list)
+    # Length of a scene that does not say; the shorthand "a^b^c" uses it for every scene.
+    steps_per_prompt: Optional[int] = _help("steps of each scene that gives no length (the '^' shorthand)",
+                                            default=None)
+    # Over `ramp` steps from a scene's start, its prompts fade in as the previous scene's fade out.
+    ramp: int = _help("steps over which prompt weights cross-fade into each new scene (0: switch at once)", default=0)
+
+
+@dataclass
+class AnimationConfig:
+    """mode=zoom|interpolate|restyle: a video, one optimised frame after another."""
+
+    frames: int = _help("frames to render (zoom, interpolate; restyle renders the input's frames)", default=60)
+    steps_per_frame: int = _help("optimisation steps for every frame after the first (which gets `steps`)",
+                                 default=10)
+    fps: Optional[float] = _help("video frames per second (null: the input's rate for restyle, else 12)",
+                                 default=None)
+    gif: bool = _help("also write an animated GIF", default=False)
+    save_frames: bool = _help("also write every frame as a PNG under frames/", default=False)
+    carry_optimizer: bool = _help("keep the optimiser state from frame to frame (false: a fresh one per frame)",
+                                  default=False)
+    # Each of these is a number or keyframes "frame: value, frame: value", linearly interpolated.
+    zoom: str = _help('zoom: scale per frame (>1 zooms in), a number or keyframes "0: 1.0, 60: 1.05"', default="1.0")
+    shift_x: str = _help("zoom: pixels per frame the picture moves right (number or keyframes)", default="0")
+    shift_y: str = _help("zoom: pixels per frame the picture moves down (number or keyframes)", default="0")
+    rotate: str = _help("zoom: degrees per frame, counter-clockwise (number or keyframes)", default="0")
+
+
+@dataclass
+class RestyleConfig:
+    """mode=restyle: every frame of an input video, restyled by the prompts."""
+
+    video: Optional[str] = _help("the input video (any format ffmpeg reads)", default=None)
+    # Each frame starts from (1 - blend) * its own encoding + blend * the previous output's latent.
+    blend: float = _help("how much of the previous output each frame starts from, 0..1 (temporal stability)",
+                         default=0.3)
+    max_frames: Optional[int] = _help("restyle at most this many frames from the start (null: all)", default=None)
+    audio: bool = _help("copy the input's audio track into the output video when it has one", default=True)
+
+
+@dataclass
+class LossesConfig:
+    """Extra loss terms on the image; every weight is 0 (off) by default."""
+
+    tv: float = _help("weight of total variation (smoothness)", default=0.0)
+    symmetry: float = _help("weight of left-right mirror symmetry", default=0.0)
+    saturation: float = _help("weight of the distance of the mean saturation to saturation_target", default=0.0)
+    saturation_target: float = _help("the mean HSV saturation to keep near, 0..1", default=0.5)
+    palette: float = _help("weight of the distance of every pixel to its nearest palette colour", default=0.0)
+    palette_colors: List[str] = _help('palette colours as hex, e.g. ["#e63c32", "#2850c8"]', default_factory=list)
+
+
+@dataclass
 class GenerateConfig:
     """Everything a generation run needs; `load_config` builds one from defaults, YAML and overrides."""
 
@@ -101,11 +185,16 @@ class GenerateConfig:
     # sdpa: the decoder's attention through scaled_dot_product_attention (same weights; memory not
     # quadratic in the latent size); taming: taming's own bmm + softmax, as the original notebooks.
     attention: str = _help("decoder attention: sdpa (fused, lean) or taming (the original)", default="sdpa")
+    mode: str = _help(f"what to make: {', '.join(MODES)} (see docs/animation.md)", default="image")
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     clip: CLIPConfig = field(default_factory=CLIPConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     cutouts: CutoutsConfig = field(default_factory=CutoutsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    story: StoryConfig = field(default_factory=StoryConfig)
+    animation: AnimationConfig = field(default_factory=AnimationConfig)
+    restyle: RestyleConfig = field(default_factory=RestyleConfig)
+    losses: LossesConfig = field(default_factory=LossesConfig)
     # Where downloaded models live (null: $VQCLIP_CACHE, else the user's cache folder).
     cache_dir: Optional[str] = _help("download cache folder (null: $VQCLIP_CACHE or the user cache dir)", default=None)
 
@@ -122,13 +211,19 @@ def iter_fields(cls: type = GenerateConfig, prefix: str = "") -> Iterable[tuple[
 
 
 _SECTIONS = {"vqgan": VQGANConfig, "clip": CLIPConfig, "optim": OptimConfig, "cutouts": CutoutsConfig,
-             "output": OutputConfig}
+             "output": OutputConfig, "story": StoryConfig, "animation": AnimationConfig, "restyle": RestyleConfig,
+             "losses": LossesConfig}
+_LIST_ITEMS = {SceneConfig: "story.scenes", ExtraCLIPConfig: "clip.extra"}
 
 
 def _omegaconf_message(exc: OmegaConfBaseException) -> str:
     """Turn an omegaconf exception into one line naming the key and what is allowed."""
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     if isinstance(exc, ConfigKeyError) or type(exc).__name__ == "ConfigAttributeError":
+        item = _LIST_ITEMS.get(getattr(exc, "object_type", None))  # a key inside a list item
+        if item:
+            allowed = ", ".join(f.name for f in dataclasses.fields(getattr(exc, "object_type")))
+            return f"unknown config key '{key}' in an item of {item}; allowed keys there: {allowed}"
         parent = key.rsplit(".", 1)[0] if key and "." in key else ""
         section = _SECTIONS.get(parent.split(".")[-1], GenerateConfig) if parent else GenerateConfig
         allowed = ", ".join(f.name for f in dataclasses.fields(section))
@@ -215,6 +310,9 @@ def validate(cfg: GenerateConfig) -> None:
         raise ConfigError("config key 'vqgan' needs either vqgan.name or both vqgan.config and vqgan.checkpoint")
     if bool(cfg.vqgan.config) != bool(cfg.vqgan.checkpoint):
         raise ConfigError("config keys 'vqgan.config' and 'vqgan.checkpoint' must be given together")
+    from vqclip.animate.checks import validate_extras
+
+    validate_extras(cfg)
 
 
 def _leaves(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:

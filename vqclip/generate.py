@@ -21,8 +21,10 @@ from tqdm.auto import tqdm
 
 from vqclip.config import GenerateConfig, validate
 from vqclip.cutouts import build_augments, make_cutouts
+from vqclip.ensemble import build_guides, load_extra_clips
 from vqclip.errors import ConfigError
 from vqclip.images import load_image_tensor, to_pil
+from vqclip.losses import image_loss_terms
 from vqclip.models.clip import ClipModel, load_clip
 from vqclip.models.vqgan import VQGAN, load_vqgan
 from vqclip.ops import clamp_with_grad, vector_quantize
@@ -39,6 +41,7 @@ class Models:
 
     vqgan: VQGAN
     clip: ClipModel
+    extra_clips: List[ClipModel] = field(default_factory=list)  # clip.extra: an ensemble
 
 
 @dataclass
@@ -96,10 +99,10 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
 
     device = device or resolve_device(cfg.device)
     config_path, ckpt_path = vqgan_files(cfg, progress)
-    vqgan = load_vqgan(config_path, ckpt_path, with_encoder=bool(cfg.init_image), device=device,
-                       attention=cfg.attention)
+    encoder = bool(cfg.init_image) or cfg.mode in ("zoom", "restyle")  # these modes re-encode frames
+    vqgan = load_vqgan(config_path, ckpt_path, with_encoder=encoder, device=device, attention=cfg.attention)
     clip = load_clip(cfg.clip.model, cfg.clip.pretrained, device=device, cache_dir=clip_cache_dir(cfg.cache_dir))
-    return Models(vqgan, clip)
+    return Models(vqgan, clip, load_extra_clips(cfg, device, clip_cache_dir(cfg.cache_dir)))
 
 
 def check_size(size: Sequence[int], factor: int) -> None:
@@ -168,6 +171,7 @@ class Run:
         self.targets = build_targets(config, models, self.augment, device)
         self.z = initial_latent(config, models.vqgan, device).requires_grad_(True)
         self.z_start = self.z.detach().clone()
+        self.guides = build_guides(config, models, device)  # clip.extra models, each with its own targets
         self.z_min = models.vqgan.codebook.min(0).values.view(1, -1, 1, 1)
         self.z_max = models.vqgan.codebook.max(0).values.view(1, -1, 1, 1)
         self.opt = make_optimizer(config.optim.name, [self.z], config.optim.lr)
@@ -175,12 +179,18 @@ class Run:
         self.losses: List[float] = []
 
     def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
-        """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt (+ init)."""
-        embeds = embed_cutouts(self.models.clip, self.augment, image, self.config)
-        terms = [t(embeds) for t in self.targets]
+        """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt and CLIP
+        model (+ init, + the extra image losses)."""
+        terms = []
+        if self.config.clip.weight:  # 0 only with clip.extra: then this model is not run at all
+            embeds = embed_cutouts(self.models.clip, self.augment, image, self.config)
+            terms = [t(embeds) * self.config.clip.weight for t in self.targets]
+        for guide in self.guides:
+            terms += guide.terms(image, self.config)
         if self.config.init_weight:
             mse = F.mse_loss(self.z, self.z_start, reduction="none").flatten(1).mean(1)
             terms.append(mse * (self.config.init_weight / 2))
+        terms += image_loss_terms(image, self.config.losses)
         return terms
 
     def step(self) -> Dict[str, Any]:
@@ -208,7 +218,7 @@ class Run:
 def prepare(config: GenerateConfig) -> GenerateConfig:
     """Check a config before any model loads; pick and record a seed when it has none."""
     validate(config)
-    if not config.prompts and not config.image_prompts:
+    if not config.prompts and not config.image_prompts and not config.story.scenes:
         raise ConfigError("no prompt given; allowed: a text prompt (\"a red car\") or image_prompts=[path]")
     split_prompts(config.prompts), split_prompts(config.image_prompts)  # fail on syntax before loading models
     if config.seed is None:
@@ -218,7 +228,8 @@ def prepare(config: GenerateConfig) -> GenerateConfig:
 
 
 def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbacks: Sequence[Callback] = (),
-             progress: bool = True, save: bool = True) -> GenerationResult:
+             progress: bool = True, save: bool = True,
+             setup: Optional[Callable[["Run"], None]] = None) -> GenerationResult:
     """Run VQGAN+CLIP latent optimisation for `config.steps` steps and return the result.
 
     Args:
@@ -229,15 +240,21 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
             step, with the image of the final latent).
         progress: show a tqdm bar with the step and loss.
         save: write a run folder (config, frames, video, final PNG) under `config.output.dir`.
+        setup: called once with the `Run` before the first step (a story installs its schedule).
     Returns:
         GenerationResult with the final PIL images, the latent, the loss per step, the config with
         its seed, and the run folder and files written.
     """
     config = prepare(config)
+    if config.mode != "image" and not (config.mode == "story" and setup):
+        raise ConfigError(f"mode={config.mode} is run by vqclip.animate.run_mode(config), not generate(); "
+                          "allowed here: mode=image")
     device = resolve_device(config.device)
     models = models or load_models(config, device, progress)
     check_size(config.size, models.vqgan.factor)
     run = Run(config, models, device)
+    if setup:
+        setup(run)
 
     from vqclip import __version__
     from vqclip.outputs import RunWriter

@@ -1,0 +1,80 @@
+"""Extra loss terms on the image itself (not on what CLIP sees), each off unless given a weight.
+
+Every loss is a pure function `image [B, 3, H, W] in [0, 1] -> [B]`, zero at its ideal:
+
+- `total_variation`: mean absolute difference of neighbouring pixels (0 for a flat image);
+- `symmetry`: mean squared difference to the left-right mirror image (0 for a mirror-symmetric one);
+- `saturation`: squared distance of the mean HSV saturation to a target in [0, 1];
+- `palette`: mean squared distance of every pixel to its nearest palette colour.
+
+`image_loss_terms` turns the `losses` config section into weighted terms for `Run.loss_terms`.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, List, Sequence
+
+import torch
+
+from vqclip.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vqclip.config import LossesConfig
+
+_HEX = re.compile(r"^#([0-9a-fA-F]{6})$")
+
+
+def total_variation(image: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between horizontally and vertically neighbouring pixels, per image."""
+    dx = (image[..., :, 1:] - image[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (image[..., 1:, :] - image[..., :-1, :]).abs().flatten(1).mean(1)
+    return dx + dy
+
+
+def symmetry(image: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the image and its left-right mirror, per image."""
+    return (image - image.flip(-1)).pow(2).flatten(1).mean(1)
+
+
+def saturation(image: torch.Tensor, target: float) -> torch.Tensor:
+    """Squared distance of the mean HSV saturation, (max - min) / max over RGB, to `target`."""
+    hi = image.amax(dim=1)
+    lo = image.amin(dim=1)
+    sat = (hi - lo) / hi.clamp(min=1e-3)
+    return (sat.flatten(1).mean(1) - target).pow(2)
+
+
+def palette(image: torch.Tensor, colors: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of the squared RGB distance to the nearest of `colors` [K, 3] in [0, 1]."""
+    pixels = image.flatten(2).transpose(1, 2)  # [B, HW, 3]
+    d = (pixels.unsqueeze(2) - colors.to(image).view(1, 1, -1, 3)).pow(2).sum(-1)  # [B, HW, K]
+    return d.min(dim=2).values.mean(1)
+
+
+def parse_color(spec: str, key: str = "color") -> tuple[float, float, float]:
+    """"#rrggbb" -> (r, g, b) in [0, 1]; ConfigError naming `key` otherwise."""
+    m = _HEX.match(str(spec).strip())
+    if not m:
+        raise ConfigError(f"bad value for config key '{key}': {spec!r}; allowed: a hex colour \"#rrggbb\" "
+                          "(quoted in YAML, where # starts a comment)")
+    h = m.group(1)
+    return tuple(int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+def palette_tensor(colors: Sequence[str], key: str = "losses.palette_colors") -> torch.Tensor:
+    """Hex colours -> [K, 3] float tensor in [0, 1]."""
+    return torch.tensor([parse_color(c, f"{key}[{i}]") for i, c in enumerate(colors)], dtype=torch.float32)
+
+
+def image_loss_terms(image: torch.Tensor, cfg: "LossesConfig") -> List[torch.Tensor]:
+    """The weighted extra losses the config turns on, each [B]; empty when all weights are 0."""
+    terms = []
+    if cfg.tv:
+        terms.append(cfg.tv * total_variation(image))
+    if cfg.symmetry:
+        terms.append(cfg.symmetry * symmetry(image))
+    if cfg.saturation:
+        terms.append(cfg.saturation * saturation(image, cfg.saturation_target))
+    if cfg.palette:
+        terms.append(cfg.palette * palette(image, palette_tensor(cfg.palette_colors)))
+    return terms
