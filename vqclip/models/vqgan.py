@@ -11,7 +11,7 @@ import contextlib
 import io
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from omegaconf import OmegaConf
@@ -29,7 +29,7 @@ _DDCONFIG_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions
                   "resolution", "z_channels")
 
 
-def _quiet(fn, *args: Any, **kwargs: Any) -> Any:
+def quiet_construct(fn, *args: Any, **kwargs: Any) -> Any:
     """Call a taming constructor with its stdout chatter ("Working with z of shape ...") captured."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -57,9 +57,9 @@ class VQGAN(nn.Module):
         self.gumbel = gumbel
         self.factor = 2 ** (len(dd["ch_mult"]) - 1)
         self.embed_dim, self.n_embed = embed_dim, n_embed
-        self.encoder = _quiet(Encoder, **dd) if with_encoder else None
+        self.encoder = quiet_construct(Encoder, **dd) if with_encoder else None
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1) if with_encoder else None
-        self.decoder = _quiet(Decoder, **dd)
+        self.decoder = quiet_construct(Decoder, **dd)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         if gumbel:
             self.quantize = GumbelQuantize(z_channels, embed_dim, n_embed=n_embed,

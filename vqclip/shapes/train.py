@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from vqclip.models.vqgan import quiet_construct
 from vqclip.shapes.world import (COLORS, HELD_OUT, SHAPES, Scene, ShapesDataset, all_scenes, draw,
                                  to_tensor, train_scenes)
 
@@ -144,16 +144,6 @@ def quick_configs() -> Tuple[VQGANTrainConfig, ClipTrainConfig]:
 # Shared pieces
 # ----------------------------------------------------------------------------------------------
 
-def _quiet(fn, *args, **kwargs):
-    """Call a taming constructor with its stdout chatter captured into the debug log."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        out = fn(*args, **kwargs)
-    for line in buf.getvalue().splitlines():
-        log.debug("taming: %s", line)
-    return out
-
-
 def _schedule(warmup: int, total: int):
     """Linear warm-up, then cosine decay to 5% of the base learning rate."""
     def factor(step: int) -> float:
@@ -244,8 +234,8 @@ class VQGANModule(pl.LightningModule):
             raise ValueError(f"ch must be a multiple of 32 (taming's GroupNorm(32)), got {cfg.ch}")
         self.cfg = cfg
         dd = vqgan_params(cfg)["ddconfig"]
-        self.encoder = _quiet(Encoder, **dd)
-        self.decoder = _quiet(Decoder, **dd)
+        self.encoder = quiet_construct(Encoder, **dd)
+        self.decoder = quiet_construct(Decoder, **dd)
         self.quantize = VectorQuantizer2(cfg.n_embed, cfg.embed_dim, beta=0.25)
         self.quantize.embedding.weight.requires_grad_(False)  # updated by EMA, not by the optimiser
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
