@@ -8,8 +8,9 @@ Two models, each small enough to run a 100-step generation in seconds on a lapto
   outputs and unused codes are restarted on them. Exported as a taming model YAML + a Lightning-style .ckpt under taming's key names.
 - a CLIP from open_clip's own classes and a small model-config JSON, trained to pick each image's
   caption among all training captions (plus shorter partial captions, which teach each word on its
-  own), on cutouts that mimic the generator's: 60-100% crops, flips, small rotations, perspective,
-  mild colour jitter, noise and blur. Exported as the JSON + a plain state dict.
+  own), first on whole clean images, then more and more on cutouts that mimic the generator's:
+  60-100% crops, flips, small rotations, perspective, mild colour jitter, noise and blur. Exported
+  as the JSON + a plain state dict.
 
 Both are trained only on `train_scenes()`; `HELD_OUT` combinations are kept for evaluation.
 Images are normalised with open_clip's default mean/std, which is what `create_model` puts on
