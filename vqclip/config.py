@@ -22,8 +22,9 @@ OPTIMIZERS = ("adam", "adamw", "adagrad", "adamax", "rmsprop", "sgd")
 AUGMENTS = ("flip", "affine", "perspective", "jitter", "erasing", "sharpness", "noise", "resized_crop")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ATTENTION = ("sdpa", "taming")
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISIONS = ("auto", "float32", "bfloat16")
 MODES = ("image", "story", "zoom", "interpolate", "restyle")
+MAX_BATCH = 256
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -86,6 +87,10 @@ class CutoutsConfig:
     augments: List[str] = _help(f"kornia augmentations by name: {', '.join(AUGMENTS)}",
                                 default_factory=lambda: ["flip", "affine", "perspective", "jitter"])
     noise: float = _help("std of the per-cutout Gaussian noise used by the 'noise' augment", default=0.1)
+    # true: every cutout of every image resampled in one grid_sample call; false: a Python loop with
+    # one crop and resample per cutout, as the original notebooks (slower; kept for comparison).
+    batched: bool = _help("resample all cutouts in one batched call (false: one at a time, as the notebooks)",
+                          default=True)
 
 
 @dataclass
@@ -185,6 +190,23 @@ class GenerateConfig:
     # sdpa: the decoder's attention through scaled_dot_product_attention (same weights; memory not
     # quadratic in the latent size); taming: taming's own bmm + softmax, as the original notebooks.
     attention: str = _help("decoder attention: sdpa (fused, lean) or taming (the original)", default="sdpa")
+    # bfloat16 runs the decoder and CLIP under autocast; the latent, the codebook lookup, the loss
+    # and the optimiser stay float32. auto: bfloat16 on CUDA devices that support it, and on CPUs
+    # with native bfloat16 instructions (avx512_bf16 / amx_bf16); else float32.
+    precision: str = _help(f"compute precision of decoder and CLIP: {', '.join(PRECISIONS)}", default="auto")
+    # null: on for CUDA (where NHWC convolutions are faster), off on the CPU.
+    channels_last: Optional[bool] = _help("decoder in channels_last memory format (null: on for CUDA, off on CPU)",
+                                          default=None)
+    # Recompute each decoder block's activations during the backward pass instead of keeping them:
+    # a little slower, far less memory. null: on from CHECKPOINT_PIXELS (768x768) up.
+    grad_checkpointing: Optional[bool] = _help("recompute decoder activations in backward to save memory "
+                                               "(null: on from 768x768)", default=None)
+    compile: bool = _help("torch.compile the decoder and CLIP image tower (slow first step)", default=False)
+    # Several images in one run, each with its own latent, sharing every decoder and CLIP call.
+    batch_size: int = _help("images optimised together (several starts of the same prompts)", default=1)
+    # One entry per image ("text:weight:stop|..."); `prompts` then guide every image as well.
+    batch_prompts: List[str] = _help("one prompt per image of the batch (sets the batch size); prompts "
+                                     "apply to all", default_factory=list)
     mode: str = _help(f"what to make: {', '.join(MODES)} (see docs/animation.md)", default="image")
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     clip: CLIPConfig = field(default_factory=CLIPConfig)
@@ -295,6 +317,16 @@ def validate(cfg: GenerateConfig) -> None:
     _check(cfg.device in DEVICES or cfg.device.startswith("cuda:"), "device",
            ", ".join(DEVICES) + " or cuda:N", cfg.device)
     _check(cfg.attention in ATTENTION, "attention", ", ".join(ATTENTION), cfg.attention)
+    _check(cfg.precision in PRECISIONS, "precision", ", ".join(PRECISIONS), cfg.precision)
+    _check(0 < cfg.batch_size <= MAX_BATCH, "batch_size", f"an integer in 1..{MAX_BATCH}", cfg.batch_size)
+    if cfg.batch_prompts:
+        _check(cfg.batch_size in (1, len(cfg.batch_prompts)), "batch_size",
+               f"1 or {len(cfg.batch_prompts)} (the number of batch_prompts)", cfg.batch_size)
+        _check(len(cfg.batch_prompts) <= MAX_BATCH, "batch_prompts", f"at most {MAX_BATCH} entries",
+               len(cfg.batch_prompts))
+    if (cfg.batch_size > 1 or cfg.batch_prompts) and cfg.mode != "image":
+        raise ConfigError(f"batch_size/batch_prompts make several images at once, which only mode=image does "
+                          f"(mode={cfg.mode}); allowed: mode=image, or batch_size=1 and no batch_prompts")
     _check(cfg.optim.name.lower() in OPTIMIZERS, "optim.name", ", ".join(OPTIMIZERS), cfg.optim.name)
     _check(cfg.optim.lr > 0, "optim.lr", "a number > 0", cfg.optim.lr)
     _check(cfg.cutouts.cutn > 0, "cutouts.cutn", "a positive integer", cfg.cutouts.cutn)
@@ -313,6 +345,11 @@ def validate(cfg: GenerateConfig) -> None:
     from vqclip.animate.checks import validate_extras
 
     validate_extras(cfg)
+
+
+def batch_count(cfg: GenerateConfig) -> int:
+    """How many images a run optimises at once: one per batch prompt, else `batch_size`."""
+    return len(cfg.batch_prompts) or cfg.batch_size
 
 
 def _leaves(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:

@@ -6,7 +6,8 @@
 a Python loop and the backward pass scatters into the image once. When crops are much larger than
 CLIP's input they are sampled at k times the size and average-pooled, a cheap anti-aliasing filter.
 
-`build_augments(names)` turns config names into one kornia pipeline applied to the whole batch.
+`make_cutouts_loop` is the notebooks' per-cutout loop, kept behind `cutouts.batched=false` for the
+benchmark's baseline and for comparison. `build_augments(names)` turns config names into one kornia pipeline applied to the whole batch.
 """
 from __future__ import annotations
 
@@ -48,6 +49,20 @@ def make_cutouts(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float 
                         padding_mode="border", align_corners=False)  # [b, C, cutn*s, s]
     out = out.view(b, c, cutn, s, s).transpose(1, 2).reshape(b * cutn, c, s, s)
     return F.avg_pool2d(out, k) if k > 1 else out
+
+
+def make_cutouts_loop(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0) -> torch.Tensor:
+    """The original notebooks' way (`cutouts.batched=false`): a Python loop, one crop and one
+    antialiased bicubic resample per cutout. Same boxes and output layout as `make_cutouts`."""
+    b, _, h, w = images.shape
+    boxes = sample_boxes(b * cutn, w, h, cut_size, cut_pow, images.device).view(b, cutn, 3).long().tolist()
+    cuts = []
+    for i in range(b):
+        for x0, y0, side in boxes[i]:
+            crop = images[i:i + 1, :, y0:y0 + side, x0:x0 + side]
+            cuts.append(F.interpolate(crop, size=(cut_size, cut_size), mode="bicubic", align_corners=False,
+                                      antialias=side > cut_size))
+    return torch.cat(cuts)
 
 
 def build_augments(names: Sequence[str], cut_size: int, noise: float = 0.1) -> nn.Module:

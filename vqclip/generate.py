@@ -8,19 +8,20 @@ display beyond the bar) belong to callbacks, which receive one dict per step.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vqclip.config import GenerateConfig, validate
-from vqclip.cutouts import build_augments, make_cutouts
+from vqclip.config import GenerateConfig, batch_count, validate
+from vqclip.cutouts import build_augments, make_cutouts, make_cutouts_loop
 from vqclip.ensemble import build_guides, load_extra_clips
 from vqclip.errors import ConfigError
 from vqclip.images import load_image_tensor, to_pil
@@ -28,11 +29,18 @@ from vqclip.losses import image_loss_terms
 from vqclip.models.clip import ClipModel, load_clip
 from vqclip.models.vqgan import VQGAN, load_vqgan
 from vqclip.ops import clamp_with_grad, vector_quantize
+from vqclip.perf import autocast, configure_models, resolve_precision
 from vqclip.prompts import Target, split_prompts
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[Dict[str, Any]], None]
+Timer = Callable[[str], ContextManager[Any]]  # timer("decode") wraps one phase of a step
+
+
+def no_timer(phase: str) -> ContextManager[Any]:
+    """The default Timer: times nothing."""
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -113,23 +121,45 @@ def check_size(size: Sequence[int], factor: int) -> None:
                           f"downsampling factor {factor}; allowed: multiples of {factor}, e.g. size={fit}")
 
 
-def synth(vqgan: VQGAN, z: torch.Tensor) -> torch.Tensor:
-    """Latent z [B, D, h, w] -> image [B, 3, H, W] in [0, 1], quantised straight-through."""
+def synth(vqgan: VQGAN, z: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Latent z [B, D, h, w] -> image [B, 3, H, W] float32 in [0, 1], quantised straight-through.
+
+    The codebook lookup stays float32 (a rounded distance could pick another code); the decoder
+    runs in `dtype` under autocast.
+    """
     z_q = vector_quantize(z.movedim(1, -1), vqgan.codebook).movedim(-1, 1)
-    return clamp_with_grad(vqgan.decode(z_q).add(1).div(2), 0.0, 1.0)
+    with autocast(z.device, dtype):
+        image = vqgan.decode(z_q)
+    return clamp_with_grad(image.float().add(1).div(2), 0.0, 1.0)
 
 
-def embed_cutouts(clip: ClipModel, augment: torch.nn.Module, images: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
-    """Images [B, 3, H, W] -> CLIP embeddings of their augmented cutouts [B, cutn, D]."""
-    cuts = augment(make_cutouts(images, cfg.cutouts.cutn, clip.input_size, cfg.cutouts.cut_pow))
-    return clip.encode_image(cuts).view(images.shape[0], cfg.cutouts.cutn, -1)
+def embed_cutouts(clip: ClipModel, augment: torch.nn.Module, images: torch.Tensor, cfg: GenerateConfig,
+                  timer: Timer = no_timer) -> torch.Tensor:
+    """Images [B, 3, H, W] -> float32 CLIP embeddings of their augmented cutouts [B, cutn, D].
+
+    Cutouts are resampled in one batched call (or a loop, `cutouts.batched=false`); CLIP runs in
+    the config's precision. `timer` wraps the "cutouts" and "clip" phases.
+    """
+    cut = make_cutouts if cfg.cutouts.batched else make_cutouts_loop
+    with timer("cutouts"):
+        cuts = augment(cut(images, cfg.cutouts.cutn, clip.input_size, cfg.cutouts.cut_pow))
+    with timer("clip"), autocast(images.device, resolve_precision(cfg.precision, images.device)):
+        embeds = clip.encode_image(cuts)
+    return embeds.float().view(images.shape[0], cfg.cutouts.cutn, -1)
 
 
 def build_targets(cfg: GenerateConfig, models: Models, augment: torch.nn.Module, device: torch.device) -> List[Target]:
-    """Text and image prompts -> CLIP targets, computed once before the loop."""
+    """Text and image prompts -> CLIP targets, computed once before the loop.
+
+    `prompts` and `image_prompts` guide every image; entry i of `batch_prompts` guides image i only.
+    """
     targets = []
     for p in split_prompts(cfg.prompts):
         targets.append(Target(models.clip.encode_text([p.text]), p.weight, p.stop, name=p.text).to(device))
+    for i, spec in enumerate(cfg.batch_prompts):
+        for p in split_prompts([spec]):
+            targets.append(Target(models.clip.encode_text([p.text]), p.weight, p.stop, name=p.text,
+                                  image=i).to(device))
     for p in split_prompts(cfg.image_prompts):
         image = load_image_tensor(p.text, tuple(cfg.size), "image prompt").to(device)
         with torch.no_grad():
@@ -166,10 +196,12 @@ class Run:
 
     def __init__(self, config: GenerateConfig, models: Models, device: torch.device) -> None:
         self.config, self.models, self.device = config, models, device
+        self.dtype = configure_models(config, models, device)  # attention, memory format, checkpointing
+        self.timer: Timer = no_timer  # the benchmark times each phase through this
         torch.manual_seed(config.seed)  # type: ignore[arg-type]
         self.augment = build_augments(config.cutouts.augments, models.clip.input_size, config.cutouts.noise)
         self.targets = build_targets(config, models, self.augment, device)
-        self.z = initial_latent(config, models.vqgan, device).requires_grad_(True)
+        self.z = initial_latent(config, models.vqgan, device, batch_count(config)).requires_grad_(True)
         self.z_start = self.z.detach().clone()
         self.guides = build_guides(config, models, device)  # clip.extra models, each with its own targets
         self.z_min = models.vqgan.codebook.min(0).values.view(1, -1, 1, 1)
@@ -183,7 +215,7 @@ class Run:
         model (+ init, + the extra image losses)."""
         terms = []
         if self.config.clip.weight:  # 0 only with clip.extra: then this model is not run at all
-            embeds = embed_cutouts(self.models.clip, self.augment, image, self.config)
+            embeds = embed_cutouts(self.models.clip, self.augment, image, self.config, self.timer)
             terms = [t(embeds) * self.config.clip.weight for t in self.targets]
         for guide in self.guides:
             terms += guide.terms(image, self.config)
@@ -196,31 +228,37 @@ class Run:
     def step(self) -> Dict[str, Any]:
         """One optimisation step; returns the callback dict (image is the one before the update)."""
         self.opt.zero_grad(set_to_none=True)
-        image = synth(self.models.vqgan, self.z)
+        with self.timer("decode"):
+            image = synth(self.models.vqgan, self.z, self.dtype)
         terms = self.loss_terms(image)
-        loss = torch.stack(terms).sum()
-        loss.backward()
-        self.opt.step()
-        with torch.no_grad():
-            self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
+        per_image = torch.stack(terms).sum(0)  # [B]: images share no latent, so each loss is its own
+        loss = per_image.sum()
+        with self.timer("backward"):
+            loss.backward()
+        with self.timer("optimizer"):
+            self.opt.step()
+            with torch.no_grad():
+                self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
         self.losses.append(loss.item())
         info = {"step": self.step_index, "z": self.z.detach(), "image": image.detach(), "loss": self.losses[-1],
-                "losses": [float(t.detach().sum()) for t in terms], "final": False}
+                "losses": [float(t.detach().sum()) for t in terms],
+                "image_losses": per_image.detach().tolist(), "final": False}
         self.step_index += 1
         return info
 
     @torch.no_grad()
     def image(self) -> torch.Tensor:
         """The image [B, 3, H, W] in [0, 1] of the current latent."""
-        return synth(self.models.vqgan, self.z)
+        return synth(self.models.vqgan, self.z, self.dtype)
 
 
 def prepare(config: GenerateConfig) -> GenerateConfig:
     """Check a config before any model loads; pick and record a seed when it has none."""
     validate(config)
-    if not config.prompts and not config.image_prompts and not config.story.scenes:
+    if not config.prompts and not config.image_prompts and not config.story.scenes and not config.batch_prompts:
         raise ConfigError("no prompt given; allowed: a text prompt (\"a red car\") or image_prompts=[path]")
-    split_prompts(config.prompts), split_prompts(config.image_prompts)  # fail on syntax before loading models
+    for prompts in (config.prompts, config.image_prompts, config.batch_prompts):
+        split_prompts(prompts)  # fail on syntax before loading models
     if config.seed is None:
         config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
         log.info("no seed given; using seed %d", config.seed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,18 +93,28 @@ class Target(torch.nn.Module):
 
     `forward(embeds [B, N, D]) -> [B]`: mean weighted distance of each image's N cutout embeddings
     to the K target embeddings. Where a distance has fallen below `stop` its gradient is cut, so the
-    prompt stops pulling without changing the reported loss.
+    prompt stops pulling without changing the reported loss. With `image=i` (a batch prompt) the
+    target guides image i of the batch only: the other images' entries are 0.
     """
 
-    def __init__(self, embeds: torch.Tensor, weight: float = 1.0, stop: float = -math.inf, name: str = "") -> None:
+    def __init__(self, embeds: torch.Tensor, weight: float = 1.0, stop: float = -math.inf, name: str = "",
+                 image: Optional[int] = None) -> None:
         super().__init__()
         self.register_buffer("embeds", F.normalize(embeds.detach().float(), dim=-1))
         self.weight = float(weight)
         self.stop = float(stop)
         self.name = name
+        self.image = image
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """Loss per image: |w| * mean(sign(w) * distance), gradient cut below `stop`."""
+        if self.image is not None:  # only this image's embeddings: the others get a constant 0
+            loss = image_embeds.new_zeros(image_embeds.shape[0])
+            return loss.index_put((torch.tensor([self.image], device=loss.device),),
+                                  self._loss(image_embeds[self.image:self.image + 1]))
+        return self._loss(image_embeds)
+
+    def _loss(self, image_embeds: torch.Tensor) -> torch.Tensor:
         dists = spherical_distance(image_embeds.unsqueeze(-2), self.embeds)  # [B, N, K]
         dists = dists * math.copysign(1.0, self.weight)
         dists = torch.where(dists >= self.stop, dists, dists.detach())

@@ -101,13 +101,19 @@ def _sdpa_attention(self, x: torch.Tensor) -> torch.Tensor:
     return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, hh, ww))
 
 
-def use_sdpa_attention(module: nn.Module) -> int:
-    """Route every taming AttnBlock inside `module` through SDPA (same weights); return how many."""
+def set_attention(module: nn.Module, attention: str) -> int:
+    """Run every taming AttnBlock inside `module` through SDPA ("sdpa") or taming's own code
+    ("taming"); the weights are untouched. Returns how many blocks there are."""
     from taming.modules.diffusionmodules.model import AttnBlock
 
+    if attention not in ("sdpa", "taming"):
+        raise ValueError(f"attention must be 'sdpa' or 'taming', not {attention!r}")
     blocks = [m for m in module.modules() if isinstance(m, AttnBlock)]
     for block in blocks:
-        block.forward = _sdpa_attention.__get__(block, AttnBlock)
+        if attention == "sdpa":
+            block.forward = _sdpa_attention.__get__(block, AttnBlock)
+        else:
+            block.__dict__.pop("forward", None)  # back to the class's own forward
     return len(blocks)
 
 
@@ -170,10 +176,7 @@ def load_vqgan(config_path: str | Path, checkpoint_path: str | Path, *, with_enc
             raise CheckpointError(f"checkpoint {checkpoint_path} does not match {config_path}: key {k} has "
                                   f"shape {tuple(v.shape)}, the config needs {tuple(expected[k].shape)}")
     model.load_state_dict({k: v.float() for k, v in used.items()}, strict=True)
-    if attention == "sdpa":
-        log.debug("attention through SDPA in %d blocks", use_sdpa_attention(model))
-    elif attention != "taming":
-        raise ValueError(f"attention must be 'sdpa' or 'taming', not {attention!r}")
+    log.debug("attention through %s in %d blocks", attention, set_attention(model, attention))
     log.info("loaded VQGAN %s (%s, f%d, %d codes)", checkpoint_path, spec["target"].rsplit(".", 1)[1],
              model.factor, model.n_embed)
     return model.eval().requires_grad_(False).to(device)
