@@ -208,7 +208,8 @@ class Run:
         self.z_max = models.vqgan.codebook.max(0).values.view(1, -1, 1, 1)
         self.opt = make_optimizer(config.optim.name, [self.z], config.optim.lr)
         self.step_index = 0
-        self.losses: List[float] = []
+        self.losses: List[float] = []  # the total loss per step
+        self.image_losses: List[float] = []  # the last step's loss of each image
 
     def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
         """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt and CLIP
@@ -240,9 +241,10 @@ class Run:
             with torch.no_grad():
                 self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
         self.losses.append(loss.item())
+        self.image_losses = per_image.detach().tolist()
         info = {"step": self.step_index, "z": self.z.detach(), "image": image.detach(), "loss": self.losses[-1],
                 "losses": [float(t.detach().sum()) for t in terms],
-                "image_losses": per_image.detach().tolist(), "final": False}
+                "image_losses": self.image_losses, "final": False}
         self.step_index += 1
         return info
 
@@ -308,7 +310,8 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
             _loop(run, config.steps, hooks, bar, stop)
         final = run.image()
         info = {"step": run.step_index, "z": run.z.detach(), "image": final,
-                "loss": run.losses[-1] if run.losses else float("nan"), "losses": [], "final": True,
+                "loss": run.losses[-1] if run.losses else float("nan"), "losses": [],
+                "image_losses": run.image_losses, "final": True,
                 "interrupted": stop.requested}
         for hook in hooks:
             hook(info)

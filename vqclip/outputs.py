@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from vqclip.config import GenerateConfig, to_yaml
+from vqclip.config import GenerateConfig, batch_count, to_yaml
 from vqclip.errors import VQClipError
 from vqclip.images import to_pil, to_uint8
 
@@ -65,10 +65,21 @@ def new_run_dir(root: str | Path, label: str) -> Path:
     raise VQClipError(f"too many runs named {base} in {root}")
 
 
-def png_metadata(cfg: GenerateConfig, version: str, extra: Optional[Dict[str, str]] = None) -> PngInfo:
-    """PNG text chunks: prompt, seed, the full resolved config (YAML) and the vqclip version."""
+def image_prompt(cfg: GenerateConfig, index: int = 0) -> str:
+    """The prompts that guided image `index` of a run: the shared ones and its batch prompt."""
+    return " | ".join(list(cfg.prompts) + ([cfg.batch_prompts[index]] if cfg.batch_prompts else []))
+
+
+def png_metadata(cfg: GenerateConfig, version: str, extra: Optional[Dict[str, str]] = None,
+                 index: int = 0) -> PngInfo:
+    """PNG text chunks: prompt, seed, the full resolved config (YAML) and the vqclip version.
+
+    For image `index` of a batch the prompt is that image's own, and batch_index says which it is.
+    """
     info = PngInfo()
-    info.add_text("prompt", " | ".join(cfg.prompts))
+    info.add_text("prompt", image_prompt(cfg, index))
+    if batch_count(cfg) > 1:
+        info.add_text("batch_index", str(index))
     info.add_text("seed", str(cfg.seed))
     info.add_itxt("config", to_yaml(cfg))
     info.add_text("vqclip_version", version)
@@ -122,7 +133,7 @@ class RunWriter:
 
     def __init__(self, cfg: GenerateConfig, version: str) -> None:
         self.cfg, self.version = cfg, version
-        self.run_dir = new_run_dir(cfg.output.dir, " ".join(cfg.prompts) or "image")
+        self.run_dir = new_run_dir(cfg.output.dir, image_prompt(cfg) or "image")
         self.paths: List[Path] = []
         self.videos: List[Optional[VideoWriter]] = []
         atomic_write(self.run_dir / "config.yaml", lambda tmp: tmp.write_text(to_yaml(cfg)))
@@ -154,8 +165,10 @@ class RunWriter:
 
     def finish(self, info: Dict[str, Any]) -> None:
         """Write the final PNG(s) with metadata and close the video(s)."""
-        pnginfo = png_metadata(self.cfg, self.version, {"steps": str(info["step"]), "loss": f"{info['loss']:.6f}"})
-        for name, img in zip(self._names(info["image"].shape[0], "image"), info["image"]):
+        losses = info.get("image_losses") or [info["loss"]] * info["image"].shape[0]
+        for i, (name, img) in enumerate(zip(self._names(info["image"].shape[0], "image"), info["image"])):
+            extra = {"steps": str(info["step"]), "loss": f"{losses[i]:.6f}"}
+            pnginfo = png_metadata(self.cfg, self.version, extra, index=i)
             self.paths.append(save_png(to_pil(img), self.run_dir / f"{name}.png", pnginfo))
         for video in self.videos:
             path = video.close() if video else None
