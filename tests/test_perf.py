@@ -148,3 +148,11 @@ def test_benchmark_harness_measures_both_paths(tmp_path):
     json.dumps(report)
     text = markdown(report)
     assert text.count("| baseline | 64 |") == 2 and "speed-up" in text
+
+
+@pytest.mark.slow
+def test_compiled_run_matches_the_eager_run(tiny_overrides):
+    """compile=true (torch.compile of decoder and CLIP image tower) gives the eager loss; minutes on a CPU."""
+    eager = _final_loss(tiny_overrides, steps=4)
+    compiled = _final_loss(tiny_overrides + ["compile=true"], steps=4)
+    assert compiled == pytest.approx(eager, rel=1e-4)

@@ -130,5 +130,7 @@ def configure_models(config: Any, models: Any, device: torch.device) -> torch.dt
         uncheckpoint_decoder(models.vqgan.decoder)
     if config.compile:
         for module in (models.vqgan.decoder, models.clip.model.visual):
-            module.compile(dynamic=False)
+            if not getattr(module, "_vqclip_compiled", False):  # once per model: later runs reuse it
+                module.compile(dynamic=False)
+                module._vqclip_compiled = True
     return resolve_precision(config.precision, device)
