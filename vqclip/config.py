@@ -340,3 +340,20 @@ def from_yaml_text(text: str) -> GenerateConfig:
     assert isinstance(obj, GenerateConfig)
     validate(obj)
     return obj
+
+
+def apply_overrides(cfg: GenerateConfig, overrides: Sequence[str]) -> GenerateConfig:
+    """A copy of `cfg` with dotlist `overrides` applied and checked (e.g. a resumed run's steps=N)."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. steps=100)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_omegaconf_message(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(f"bad override: {exc}") from None
+    assert isinstance(obj, GenerateConfig)
+    validate(obj)
+    return obj

@@ -8,8 +8,10 @@ display beyond the bar) belong to callbacks, which receive one dict per step.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +24,8 @@ from tqdm.auto import tqdm
 from vqclip.config import GenerateConfig, validate
 from vqclip.cutouts import build_augments, make_cutouts
 from vqclip.ensemble import build_guides, load_extra_clips
-from vqclip.errors import ConfigError
-from vqclip.images import load_image_tensor, to_pil
+from vqclip.errors import ConfigError, NumericalError
+from vqclip.images import load_image_tensor, open_image, to_pil
 from vqclip.losses import image_loss_terms
 from vqclip.models.clip import ClipModel, load_clip
 from vqclip.models.vqgan import VQGAN, load_vqgan
@@ -55,6 +57,7 @@ class GenerationResult:
     run_dir: Optional[Path] = None
     paths: List[Path] = field(default_factory=list)
     interrupted: bool = False  # stopped early by Ctrl-C/SIGTERM; images are those of the last step
+    state_path: Optional[Path] = None  # the resumable state (vqclip.resume), when files were written
 
     @property
     def seed(self) -> int:
@@ -99,6 +102,10 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
 
     device = device or resolve_device(cfg.device)
     config_path, ckpt_path = vqgan_files(cfg, progress)
+    from vqclip.memory import check_memory
+    from vqclip.models.vqgan import read_model_config
+
+    check_memory(cfg, read_model_config(config_path)["params"]["ddconfig"], device)  # before any weights load
     encoder = bool(cfg.init_image) or cfg.mode in ("zoom", "restyle")  # these modes re-encode frames
     vqgan = load_vqgan(config_path, ckpt_path, with_encoder=encoder, device=device, attention=cfg.attention)
     clip = load_clip(cfg.clip.model, cfg.clip.pretrained, device=device, cache_dir=clip_cache_dir(cfg.cache_dir))
@@ -177,6 +184,8 @@ class Run:
         self.opt = make_optimizer(config.optim.name, [self.z], config.optim.lr)
         self.step_index = 0
         self.losses: List[float] = []
+        self.faults = 0  # NaN/inf faults so far: the first lowers the lr, the second stops the run
+        self._good: Optional[tuple] = None  # (z, optimiser state) that last gave a finite loss
 
     def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
         """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt and CLIP
@@ -194,20 +203,50 @@ class Run:
         return terms
 
     def step(self) -> Dict[str, Any]:
-        """One optimisation step; returns the callback dict (image is the one before the update)."""
+        """One optimisation step; returns the callback dict (image is the one before the update).
+
+        A NaN or inf loss or latent is caught at the step it appears: the first time, the last good
+        latent and optimiser state are restored, the learning rate is halved and the step is taken
+        again; the second time, the last good latent is restored and NumericalError is raised.
+        """
+        before = (self.z.detach().clone(), copy.deepcopy(self.opt.state_dict()))
         self.opt.zero_grad(set_to_none=True)
         image = synth(self.models.vqgan, self.z)
         terms = self.loss_terms(image)
         loss = torch.stack(terms).sum()
+        value = loss.item()
+        if not math.isfinite(value):
+            return self._fault(f"the loss is {value}")
+        self._good = before  # this latent gave a finite loss
         loss.backward()
         self.opt.step()
         with torch.no_grad():
             self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
-        self.losses.append(loss.item())
+        if not bool(torch.isfinite(self.z).all()):
+            return self._fault("the latent has NaN or inf values after the update")
+        self.losses.append(value)
         info = {"step": self.step_index, "z": self.z.detach(), "image": image.detach(), "loss": self.losses[-1],
                 "losses": [float(t.detach().sum()) for t in terms], "final": False}
         self.step_index += 1
         return info
+
+    def _fault(self, what: str) -> Dict[str, Any]:
+        """Restore the last good latent; halve the lr and retry the first time, raise the second."""
+        self.faults += 1
+        if self._good is not None:
+            z, opt_state = self._good
+            with torch.no_grad():
+                self.z.copy_(z)
+            self.opt.load_state_dict(copy.deepcopy(opt_state))  # load_state_dict may keep the tensors given
+        lr = self.opt.param_groups[0]["lr"]
+        if self.faults > 1 or self._good is None:
+            raise NumericalError(f"step {self.step_index}: {what} (fault {self.faults}, learning rate {lr:g}); "
+                                 f"stopped with the last good latent; allowed: a finite loss, try a lower optim.lr")
+        for group in self.opt.param_groups:
+            group["lr"] = group["lr"] / 2
+        log.warning("step %d: %s; restored the last good latent and halved the learning rate to %g "
+                    "(a second fault stops the run)", self.step_index, what, lr / 2)
+        return self.step()
 
     @torch.no_grad()
     def image(self) -> torch.Tensor:
@@ -221,6 +260,9 @@ def prepare(config: GenerateConfig) -> GenerateConfig:
     if not config.prompts and not config.image_prompts and not config.story.scenes:
         raise ConfigError("no prompt given; allowed: a text prompt (\"a red car\") or image_prompts=[path]")
     split_prompts(config.prompts), split_prompts(config.image_prompts)  # fail on syntax before loading models
+    for path, what in [(config.init_image, "init image")] + [(p.text, "image prompt") for p in split_prompts(config.image_prompts)]:
+        if path:
+            open_image(path, what)  # an unreadable or unusable image fails here, before models load or files are written
     if config.seed is None:
         config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
         log.info("no seed given; using seed %d", config.seed)
@@ -229,7 +271,8 @@ def prepare(config: GenerateConfig) -> GenerateConfig:
 
 def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbacks: Sequence[Callback] = (),
              progress: bool = True, save: bool = True,
-             setup: Optional[Callable[["Run"], None]] = None) -> GenerationResult:
+             setup: Optional[Callable[["Run"], None]] = None,
+             resume: Optional[tuple] = None) -> GenerationResult:
     """Run VQGAN+CLIP latent optimisation for `config.steps` steps and return the result.
 
     Args:
@@ -241,6 +284,8 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
         progress: show a tqdm bar with the step and loss.
         save: write a run folder (config, frames, video, final PNG) under `config.output.dir`.
         setup: called once with the `Run` before the first step (a story installs its schedule).
+        resume: (run folder, state from `vqclip.resume.load_state`): continue that run in its folder
+            (use `vqclip.resume.resume(run_dir)`, which checks the config first).
     Returns:
         GenerationResult with the final PIL images, the latent, the loss per step, the config with
         its seed, and the run folder and files written.
@@ -252,37 +297,57 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
     device = resolve_device(config.device)
     models = models or load_models(config, device, progress)
     check_size(config.size, models.vqgan.factor)
+    from vqclip.memory import check_memory
+    from vqclip.resume import apply_state, capture_state, save_state
+
+    check_memory(config, models.vqgan.ddconfig, device)
     run = Run(config, models, device)
     if setup:
         setup(run)
+    if resume:
+        apply_state(run, resume[1])
 
     from vqclip import __version__
     from vqclip.outputs import RunWriter
 
-    writer = RunWriter(config, __version__) if save else None
+    writer = RunWriter(config, __version__, run_dir=resume[0] if resume else None) if save else None
     hooks = list(callbacks) + ([writer] if writer else [])
     from vqclip.interrupt import StopSignal
 
-    bar = tqdm(total=config.steps, disable=not progress, desc="vqclip", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=run.step_index, disable=not progress, desc="vqclip", unit="step",
+               dynamic_ncols=True)
     stop = StopSignal()
+    fault: Optional[NumericalError] = None
+    state_path = None
     try:
         with stop:
-            _loop(run, config.steps, hooks, bar, stop)
-        final = run.image()
-        info = {"step": run.step_index, "z": run.z.detach(), "image": final,
-                "loss": run.losses[-1] if run.losses else float("nan"), "losses": [], "final": True,
-                "interrupted": stop.requested}
-        for hook in hooks:
-            hook(info)
+            try:
+                _loop(run, config.steps, hooks, bar, stop)
+            except NumericalError as exc:  # the run holds the last good latent: write it, then stop
+                fault = exc
+            state = capture_state(run) if writer else None  # the RNG as it is after the last completed step
+            final = run.image()
+            info = {"step": run.step_index, "z": run.z.detach(), "image": final,
+                    "loss": run.losses[-1] if run.losses else float("nan"), "losses": [], "final": True,
+                    "interrupted": stop.requested}
+            for hook in hooks:
+                hook(info)
+            if writer and state is not None:
+                state_path = save_state(state, writer.run_dir)
+                writer.paths.append(state_path)
     except BaseException:
         if writer:
             writer.abort()
         raise
     finally:
         bar.close()
+    if fault is not None:
+        where = f"; the last good image is {writer.run_dir / 'image.png'}" if writer else ""
+        raise NumericalError(f"{fault}{where}") from None
     return GenerationResult(images=[to_pil(img) for img in final], z=run.z.detach(), losses=run.losses,
                             config=config, run_dir=writer.run_dir if writer else None,
-                            paths=writer.paths if writer else [], interrupted=stop.requested)
+                            paths=writer.paths if writer else [], interrupted=stop.requested,
+                            state_path=state_path)
 
 
 def _loop(run: Run, steps: int, hooks: Sequence[Callback], bar: Any, stop: Any) -> None:
