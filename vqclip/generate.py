@@ -185,7 +185,7 @@ class Run:
         self.step_index = 0
         self.losses: List[float] = []
         self.faults = 0  # NaN/inf faults so far: the first lowers the lr, the second stops the run
-        self._good: Optional[tuple] = None  # (z, optimiser state) that last gave a finite loss
+        self._good: Optional[tuple] = None  # (z, optimiser state, step) that last gave a finite loss
 
     def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
         """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt and CLIP
@@ -209,7 +209,7 @@ class Run:
         latent and optimiser state are restored, the learning rate is halved and the step is taken
         again; the second time, the last good latent is restored and NumericalError is raised.
         """
-        before = (self.z.detach().clone(), copy.deepcopy(self.opt.state_dict()))
+        before = (self.z.detach().clone(), copy.deepcopy(self.opt.state_dict()), self.step_index)
         self.opt.zero_grad(set_to_none=True)
         image = synth(self.models.vqgan, self.z)
         terms = self.loss_terms(image)
@@ -231,21 +231,24 @@ class Run:
         return info
 
     def _fault(self, what: str) -> Dict[str, Any]:
-        """Restore the last good latent; halve the lr and retry the first time, raise the second."""
+        """Go back to the start of the last step whose loss was finite (latent, optimiser, step count);
+        the first time halve the lr and take that step again, the second time raise NumericalError."""
         self.faults += 1
+        step = self.step_index
         if self._good is not None:
-            z, opt_state = self._good
+            z, opt_state, self.step_index = self._good
+            del self.losses[self.step_index:]
             with torch.no_grad():
                 self.z.copy_(z)
             self.opt.load_state_dict(copy.deepcopy(opt_state))  # load_state_dict may keep the tensors given
         lr = self.opt.param_groups[0]["lr"]
         if self.faults > 1 or self._good is None:
-            raise NumericalError(f"step {self.step_index}: {what} (fault {self.faults}, learning rate {lr:g}); "
-                                 f"stopped with the last good latent; allowed: a finite loss, try a lower optim.lr")
+            raise NumericalError(f"step {step}: {what} (fault {self.faults}, learning rate {lr:g}); stopped with "
+                                 f"the last good latent, from step {self.step_index}; try a lower optim.lr")
         for group in self.opt.param_groups:
             group["lr"] = group["lr"] / 2
-        log.warning("step %d: %s; restored the last good latent and halved the learning rate to %g "
-                    "(a second fault stops the run)", self.step_index, what, lr / 2)
+        log.warning("step %d: %s; went back to step %d, the last with a finite loss, and halved the learning "
+                    "rate to %g (a second fault stops the run)", step, what, self.step_index, lr / 2)
         return self.step()
 
     @torch.no_grad()
