@@ -105,7 +105,9 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
     from vqclip.memory import check_memory
     from vqclip.models.vqgan import read_model_config
 
-    check_memory(cfg, read_model_config(config_path)["params"]["ddconfig"], device)  # before any weights load
+    ddconfig = read_model_config(config_path)["params"]["ddconfig"]
+    check_size(cfg.size, 2 ** (len(ddconfig["ch_mult"]) - 1))  # size checks before any weights load
+    check_memory(cfg, ddconfig, device)
     encoder = bool(cfg.init_image) or cfg.mode in ("zoom", "restyle")  # these modes re-encode frames
     vqgan = load_vqgan(config_path, ckpt_path, with_encoder=encoder, device=device, attention=cfg.attention)
     clip = load_clip(cfg.clip.model, cfg.clip.pretrained, device=device, cache_dir=clip_cache_dir(cfg.cache_dir))
@@ -298,6 +300,10 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
         raise ConfigError(f"mode={config.mode} is run by vqclip.animate.run_mode(config), not generate(); "
                           "allowed here: mode=image")
     device = resolve_device(config.device)
+    if save:
+        from vqclip.outputs import check_output_dir
+
+        check_output_dir(config.output.dir)  # an unwritable folder fails now, not after the models load
     models = models or load_models(config, device, progress)
     check_size(config.size, models.vqgan.factor)
     from vqclip.memory import check_memory

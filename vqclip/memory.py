@@ -12,9 +12,8 @@ It is a guide calibrated on the tiny test decoder (see docs/reliability.md), not
 from __future__ import annotations
 
 import logging
-import math
 import os
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -83,6 +82,19 @@ def _gb(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def largest_fitting_size(ddconfig: Dict[str, Any], size: Sequence[int], budget: int) -> List[int]:
+    """The largest size with the aspect of `size`, in multiples of the factor, whose decoder estimate fits."""
+    factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
+
+    def scaled(scale: float) -> List[int]:
+        return [max(factor, int(s * scale) // factor * factor) for s in size]
+    lo, hi = 0.0, 1.0  # the estimate grows with the scale, so bisect on it
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if decoder_bytes(ddconfig, scaled(mid)) <= budget else (lo, mid)
+    return scaled(lo)
+
+
 def check_memory(cfg: "GenerateConfig", ddconfig: Dict[str, Any], device: torch.device,
                  free: Optional[int] = None) -> None:
     """Raise ConfigError when `cfg.size` needs more memory than `device` has free (where it can be told)."""
@@ -93,9 +105,7 @@ def check_memory(cfg: "GenerateConfig", ddconfig: Dict[str, Any], device: torch.
     log.debug("memory estimate for size %s: %s, free on %s: %s", cfg.size, _gb(need), device, _gb(free))
     if need <= free:
         return
-    factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
-    scale = math.sqrt(max(free - cutout_bytes(cfg.cutouts.cutn), 0) / decoder_bytes(ddconfig, cfg.size))
-    fit = [max(factor, int(s * scale) // factor * factor) for s in cfg.size]
+    fit = largest_fitting_size(ddconfig, cfg.size, free - cutout_bytes(cfg.cutouts.cutn))
     raise ConfigError(f"bad value for config key 'size': {list(cfg.size)} needs about {_gb(need)} of memory "
                       f"on {device.type} (an estimate), but {_gb(free)} is free; allowed here: about "
                       f"size={fit} or smaller, or fewer cutouts.cutn, or a device with more memory")

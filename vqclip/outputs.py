@@ -63,6 +63,25 @@ def slugify(text: str, limit: int = 40) -> str:
     return slug[:limit].rstrip("-") or "run"
 
 
+def check_output_dir(root: str | Path) -> None:
+    """Create `root` if needed and prove a file can be written in it; raise OutputError if not."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {root}: {os_reason(exc)}") from None
+    probe = root / f".vqclip-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+    except OSError as exc:
+        raise OutputError(f"output folder {root} is not writable: {os_reason(exc)}") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def new_run_dir(root: str | Path, label: str) -> Path:
     """Create and return a fresh folder `root/<time>-<label>[-N]`; mkdir is atomic, so never shared."""
     root = Path(root)

@@ -69,9 +69,13 @@ def _to_cpu(obj: Any) -> Any:
 
 def save_state(state: Dict[str, Any], run_dir: Path) -> Path:
     """Write `state` to `run_dir/state.pt` atomically; return the path."""
+    import io
+
     from vqclip.outputs import atomic_write
 
-    return atomic_write(Path(run_dir) / STATE_FILE, lambda tmp: torch.save(state, tmp))
+    buf = io.BytesIO()  # serialise in memory: a failing file write is then a plain OSError (full disk, size limit)
+    torch.save(state, buf)
+    return atomic_write(Path(run_dir) / STATE_FILE, lambda tmp: tmp.write_bytes(buf.getvalue()))
 
 
 def load_state(run_dir: str | Path) -> Dict[str, Any]:
