@@ -249,6 +249,19 @@ def _load_yaml(path: str) -> Any:
     return data
 
 
+def _from_dotlist(overrides: Sequence[str]) -> Any:
+    """omegaconf's dotlist parsing, with a value YAML cannot read reported as a ConfigError naming it."""
+    import yaml
+
+    for item in overrides:
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"bad override {item!r}: its value is not valid YAML ({problem})") from None
+    return OmegaConf.from_dotlist(list(overrides))
+
+
 def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
                 prompts: Optional[Sequence[str]] = None) -> GenerateConfig:
     """Build a checked GenerateConfig: defaults <- YAML files (in order) <- dotlist overrides.
@@ -263,7 +276,7 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. steps=100)")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(cfg, _from_dotlist(overrides))
         if prompts is not None:
             cfg.prompts = list(prompts)
         obj = OmegaConf.to_object(cfg)
@@ -332,8 +345,21 @@ def to_yaml(cfg: GenerateConfig) -> str:
 
 def from_yaml_text(text: str) -> GenerateConfig:
     """Rebuild a checked GenerateConfig from `to_yaml` output (PNG metadata, a run's config.yaml)."""
+    import yaml
+
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(GenerateConfig), OmegaConf.create(str(text)))
+        data = OmegaConf.create(str(text))
+    except AssertionError:  # omegaconf asserts when the YAML holds a bare scalar ("0", "text")
+        raise ConfigError("saved config must be a mapping of keys, not a single value") from None
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"saved config is not valid YAML{where}: {problem}") from None
+    if not isinstance(data, type(OmegaConf.create({}))):
+        raise ConfigError(f"saved config must be a mapping of keys, not a {type(data).__name__}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(GenerateConfig), data)
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(_omegaconf_message(exc)) from None
@@ -348,7 +374,7 @@ def apply_overrides(cfg: GenerateConfig, overrides: Sequence[str]) -> GenerateCo
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. steps=100)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(OmegaConf.structured(cfg), _from_dotlist(overrides))
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(_omegaconf_message(exc)) from None
