@@ -50,7 +50,8 @@ def test_cli_sigterm_exits_130_with_complete_files(tiny_overrides, tmp_path):
     assert proc.returncode == 130, stderr
     png = [Path(p) for p in stdout.split() if p.endswith("image.png")]
     assert len(png) == 1 and Image.open(png[0]).size == (64, 64)
-    assert "interrupted after step" in stderr
+    assert "interrupted after step" in stderr and f"continue with: vqclip resume {png[0].parent}" in stderr
+    assert (png[0].parent / "state.pt").is_file()
     assert not [p for p in out_dir.rglob("*") if ".tmp" in p.name or ".part" in p.name]
 
 
