@@ -270,6 +270,19 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
     Raises ConfigError with one line naming the offending key and what is allowed.
     """
     try:
+        return _load_config(files, overrides, prompts)
+    except ConfigError as exc:  # keys and values typed by a user may hold newlines: keep the message one line
+        raise ConfigError(one_line(str(exc))) from None
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped, so an error stays one line."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _load_config(files: Sequence[str], overrides: Sequence[str], prompts: Optional[Sequence[str]]) -> GenerateConfig:
+    """load_config's body (see there)."""
+    try:
         cfg = OmegaConf.structured(GenerateConfig)
         for path in files:
             cfg = OmegaConf.merge(cfg, _load_yaml(path))

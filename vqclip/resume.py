@@ -166,11 +166,13 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), *, models: Option
 
     run_dir = Path(run_dir)
     state = load_state(run_dir)
+    from vqclip.config import one_line
+
     try:
         config = resume_config(state, overrides)
-    except ResumeError:
-        raise
+    except ResumeError as exc:
+        raise ResumeError(one_line(str(exc))) from None
     except VQClipError as exc:
-        raise ResumeError(f"cannot resume {run_dir}: {exc}") from None
+        raise ResumeError(f"cannot resume {run_dir}: {one_line(str(exc))}") from None
     log.info("resuming %s at step %d of %d", run_dir, state["step"], config.steps)
     return generate(config, models=models, callbacks=callbacks, progress=progress, resume=(run_dir, state))
