@@ -184,13 +184,33 @@ def test_full_disk_on_a_small_tmpfs(tiny_overrides, tmp_path, capsys):
     if not _mount_tmpfs(disk, "size=200k"):
         pytest.skip("cannot mount a tmpfs here (needs root); test_file_size_limit covers a failing write")
     try:
-        args = [o for o in tiny_overrides if not o.startswith("output.dir")]
-        code = main(["x", *args, f"output.dir={disk}", "steps=200", "output.save_every=1", "output.video=true",
-                     "-q"])
+        base = [o for o in tiny_overrides if not o.startswith("output.dir")]
+        code = main(["x", *base, f"output.dir={disk}", "steps=400", "output.save_every=1", "output.video=true", "-q"])
         assert code == 2
-        _one_error(capsys, r"cannot write .*(no space left on the device|the video encoder)")
+        line = _one_error(capsys, r"cannot write .*: no space left on the device; free some space")
+        assert re.search(r"cannot write (\S+): ", line).group(1).endswith(".png")
         files = _complete_files_only(disk)
-        assert any(p.suffix == ".png" for p in files)  # the frames written before the disk filled are whole
+        assert any(p.name == "config.yaml" for p in files) and any(p.suffix == ".png" for p in files)
+        assert not any(p.suffix == ".mp4" for p in files)  # the unfinished video was removed, not left broken
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_full_disk_while_encoding_the_video(tmp_path):
+    from vqclip.errors import OutputError
+    from vqclip.outputs import VideoWriter
+
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "size=64k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        writer = VideoWriter(disk / "progress.mp4", fps=30)
+        noise = np.random.default_rng(0)  # noise does not compress: the disk fills within a few dozen frames
+        with pytest.raises(OutputError, match=r"cannot write .*progress\.mp4: no space left on the device"):
+            for _ in range(2000):
+                writer.append(noise.integers(0, 255, (64, 64, 3), np.uint8))
+            writer.close()
+        assert list(disk.iterdir()) == []  # no partial video left behind
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 

@@ -41,7 +41,8 @@ def test_cli_sigterm_exits_130_with_complete_files(tiny_overrides, tmp_path):
     args = [o for o in tiny_overrides if not o.startswith("output.dir")] + [f"output.dir={out_dir}", "steps=100000",
                                                                              "output.save_every=1"]
     proc = subprocess.Popen([sys.executable, "-m", "vqclip", "x", *args, "-q"], cwd=Path(__file__).parents[1],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # threads only slow tiny models
     deadline = time.time() + 120
     while time.time() < deadline and not list(out_dir.glob("*/frames/000002.png")):
         time.sleep(0.2)

@@ -140,7 +140,7 @@ class VideoWriter:
         try:
             self._writer = imageio.get_writer(self.tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                               pixelformat="yuv420p", macro_block_size=2, quality=8,
-                                              ffmpeg_log_level="error")
+                                              ffmpeg_log_level="fatal")  # its errors become our one line
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
         if continue_from is not None:
@@ -170,7 +170,7 @@ class VideoWriter:
             self._writer.append_data(frame)
         except (OSError, RuntimeError, ValueError) as exc:  # ffmpeg gone: a full disk, a size limit
             self.abort()
-            raise OutputError(f"cannot write {self.path}: the video encoder stopped ({_first_line(exc)})") from None
+            raise OutputError(f"cannot write {self.path}: {self._why(exc)}") from None
         self.frames += 1
 
     def close(self) -> Optional[Path]:
@@ -178,13 +178,28 @@ class VideoWriter:
         try:
             self._writer.close()
         except (OSError, RuntimeError, ValueError) as exc:
+            why = self._why(exc)
             self.tmp.unlink(missing_ok=True)
-            raise OutputError(f"cannot write {self.path}: the video encoder failed ({_first_line(exc)})") from None
+            raise OutputError(f"cannot write {self.path}: {why}") from None
         if self.frames == 0:
             self.tmp.unlink(missing_ok=True)
             return None
         os.replace(self.tmp, self.path)
         return self.path
+
+    def _why(self, exc: BaseException) -> str:
+        """Why ffmpeg stopped, as far as can be told from here (it reports to its own stderr)."""
+        import resource
+        import shutil
+
+        try:
+            if shutil.disk_usage(self.tmp.parent).free < 2**20:
+                return os_reason(OSError(errno.ENOSPC, "no space"))
+        except OSError:
+            pass
+        if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+            return f"the video encoder stopped ({_first_line(exc)}); the file may have hit the file-size limit (ulimit -f)"
+        return f"the video encoder stopped ({_first_line(exc)})"
 
     def abort(self) -> None:
         """Stop without leaving a file behind."""
