@@ -103,3 +103,18 @@ def test_hostile_or_corrupt_state_is_refused(tiny_overrides, tmp_path):
     torch.save({"format": 1, "config": "steps: 3"}, run_dir / STATE_FILE)
     with pytest.raises(ResumeError, match="lacks or has a wrong"):
         load_state(run_dir)
+
+
+def test_resume_with_a_damaged_video_is_one_clear_error_and_keeps_the_file(tiny_overrides, capsys):
+    cut = generate(load_config([], tiny_overrides + ["steps=12", "output.video=true"], prompts=["x"]), progress=False,
+                   callbacks=[_interrupt_at(3)])
+    video = cut.run_dir / "progress.mp4"
+    video.write_bytes(b"not a video at all")
+    assert main(["resume", str(cut.run_dir), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot continue the video" in err[0] and "move it away" in err[0], err
+    assert video.read_bytes() == b"not a video at all"
+    assert not [p for p in cut.run_dir.rglob("*") if ".tmp" in p.name or ".part" in p.name]
+    video.unlink()  # moved away: the resumed run starts a new video with the rest of the frames
+    assert main(["resume", str(cut.run_dir), "-q"]) == 0
+    assert _frames(video) == 12 - 4 + 1

@@ -144,7 +144,11 @@ class VideoWriter:
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
         if continue_from is not None:
-            self._copy_all_but_last(continue_from)
+            try:
+                self._copy_all_but_last(continue_from)
+            except BaseException:  # a second Ctrl-C while copying: leave no partial file
+                self.abort()
+                raise
 
     def _copy_all_but_last(self, source: Path) -> None:
         import imageio.v2 as imageio
@@ -161,6 +165,11 @@ class VideoWriter:
                 if previous is not None:
                     self.append(previous)
                 previous = frame
+        except OutputError:
+            raise
+        except Exception as exc:  # a damaged file (vqclip writes none, but a copy or an edit may be)
+            raise OutputError(f"cannot continue the video {source}: it is damaged ({_first_line(exc)}); "
+                              "move it away to start a new video") from None
         finally:
             reader.close()
 
@@ -239,9 +248,9 @@ class RunWriter:
         step, out = info["step"], self.cfg.output
         if out.video and not self.videos:
             names = self._names(images.shape[0], "progress")
-            paths = [self.run_dir / f"{n}.mp4" for n in names]
-            self.videos = [VideoWriter(p, out.fps, continue_from=p if self.resuming and p.is_file() else None)
-                           for p in paths]
+            for path in (self.run_dir / f"{n}.mp4" for n in names):  # one by one, so `abort` sees each
+                self.videos.append(VideoWriter(path, out.fps,
+                                               continue_from=path if self.resuming and path.is_file() else None))
         if out.video and (info.get("final") or step % out.video_every == 0):
             for video, img in zip(self.videos, images):
                 video.append(to_uint8(img))
