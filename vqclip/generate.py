@@ -334,7 +334,8 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
                 _loop(run, config.steps, hooks, bar, stop)
             except NumericalError as exc:  # the run holds the last good latent: write it, then stop
                 fault = exc
-            state = capture_state(run) if writer else None  # the RNG as it is after the last completed step
+            resumable = writer is not None and config.mode == "image"  # a story's schedule is not saved
+            state = capture_state(run) if resumable else None  # the RNG as it is after the last completed step
             final = run.image()
             info = {"step": run.step_index, "z": run.z.detach(), "image": final,
                     "loss": run.losses[-1] if run.losses else float("nan"), "losses": [], "final": True,
