@@ -39,3 +39,14 @@ def _no_network_cache(tmp_path, monkeypatch):
     """Every test gets its own download cache, so nothing leaks between tests or from the user."""
     monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The CLI points the root logger at this test's (captured) stderr; put it back afterwards, so a
+    later test's log records never go to a closed stream."""
+    root, vqclip_log = logging.getLogger(), logging.getLogger("vqclip")
+    saved = (root.handlers[:], root.level, vqclip_log.level)
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    vqclip_log.setLevel(saved[2])
