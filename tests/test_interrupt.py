@@ -93,6 +93,8 @@ def test_ctrl_c_to_the_process_group_keeps_the_video_and_says_how_to_resume(tiny
 
 
 def test_second_ctrl_c_exits_at_once_leaving_only_complete_files(tiny_overrides, tmp_path):
+    """Two SIGINTs back to back: whether the second lands before or after the step ends (the
+    in-process test below makes it land during one), the process exits 130 and leaves only whole files."""
     out_dir = tmp_path / "out"
     args = [o for o in tiny_overrides if not o.startswith("output.dir")] + [
         f"output.dir={out_dir}", "steps=100000", "output.save_every=1", "output.video=true"]
