@@ -148,6 +148,12 @@ def test_memory_estimate_suggests_a_size_that_fits():
     check_memory(load_config([], ["size=[256,256]", "cutouts.cutn=8"]), TINY_DDCONFIG, torch.device("cpu"), free=free)
     # The estimate grows with the area, and faster once the attention matrix dominates.
     assert decoder_bytes(TINY_DDCONFIG, [512, 512]) > 4 * decoder_bytes(TINY_DDCONFIG, [256, 256])
+    # Several images at once need that many times the memory; recomputing activations needs less.
+    assert decoder_bytes(TINY_DDCONFIG, [256, 256], batch=3) == 3 * decoder_bytes(TINY_DDCONFIG, [256, 256])
+    assert decoder_bytes(TINY_DDCONFIG, [256, 256], checkpointing=True) < 0.6 * decoder_bytes(TINY_DDCONFIG, [256, 256])
+    with pytest.raises(ConfigError):
+        check_memory(load_config([], ["size=[256,256]", "cutouts.cutn=8"]), TINY_DDCONFIG, torch.device("cpu"),
+                     free=free, batch=2)
 
 
 def test_output_folder_that_cannot_be_written(tiny_overrides, tmp_path, capsys):
