@@ -52,3 +52,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The CLI points the root logger at this test's (captured) stderr; put it back afterwards, so a
+    later test's log records never go to a closed stream."""
+    root, vqclip_log = logging.getLogger(), logging.getLogger("vqclip")
+    saved = (root.handlers[:], root.level, vqclip_log.level)
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    vqclip_log.setLevel(saved[2])

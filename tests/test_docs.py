@@ -25,3 +25,16 @@ def test_registry_models_are_in_the_readme_table():
     readme = (ROOT / "README.md").read_text()
     for name in load_registry():
         assert f"| `{name}` |" in readme
+
+
+def test_reliability_doc_names_only_tests_that_exist():
+    import re
+
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    named = re.findall(r"`(tests/test_\w+\.py)::(\w+)`", text)
+    assert len(named) >= 40
+    for path, name in named:
+        source = (ROOT / path).read_text()
+        assert re.search(rf"^def {name}\(", source, re.M), f"docs/reliability.md names {path}::{name}, which does not exist"
+    readme = (ROOT / "README.md").read_text()
+    assert "docs/reliability.md" in readme

@@ -39,7 +39,7 @@ def test_outputs_and_png_metadata_roundtrip(tiny_overrides):
     result = generate(cfg, progress=False)
     run = result.run_dir
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["config.yaml", "frames", "image.png", "progress.mp4"]
+    assert names == ["config.yaml", "frames", "image.png", "progress.mp4", "state.pt"]
     assert sorted(p.name for p in (run / "frames").iterdir()) == ["000000.png", "000003.png", "000006.png"]
     img = Image.open(run / "image.png")
     assert img.size == (64, 64)

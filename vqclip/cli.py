@@ -4,6 +4,7 @@
                                                             interpolate|restyle, an animation)
     vqclip models                                           list named models and what is cached
     vqclip download NAME [NAME ...]                         fetch named models ahead of time
+    vqclip resume RUN_DIR [steps=N ...]                     continue an interrupted or finished run
 
 Every user error ends with one line on stderr and exit code 2.
 """
@@ -16,11 +17,12 @@ import sys
 from typing import List, Optional, Sequence
 
 from vqclip.config import iter_fields
-from vqclip.errors import VQClipError
+from vqclip.errors import ResumeError, VQClipError
+from vqclip.resume import RESUMABLE_KEYS
 
 log = logging.getLogger("vqclip")
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
-SUBCOMMANDS = ("models", "download")
+SUBCOMMANDS = ("models", "download", "resume")
 
 
 def _config_reference() -> str:
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqclip",
         description="Text to image by VQGAN+CLIP latent optimisation. Other commands: "
-                    "'vqclip models' lists named models, 'vqclip download NAME...' fetches them.",
+                    "'vqclip models' lists named models, 'vqclip download NAME...' fetches them, "
+                    "'vqclip resume RUN_DIR [steps=N]' continues a run.",
         epilog=_config_reference() + "\n\nexamples:\n"
                '  vqclip "watercolor portrait of a teacher"\n'
                '  vqclip "a red circle on a blue background" --config configs/shapes.yaml\n'
@@ -52,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
                         help="YAML config merged over the defaults (repeatable; later files win)")
     parser.add_argument("--no-save", action="store_true", help="write no files (for trying settings)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue the run in RUN_DIR (same as 'vqclip resume RUN_DIR'); steps=N extends it")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     parser.add_argument("-v", "--verbose", action="store_true", help="log model loading and details")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -85,6 +90,13 @@ def _run_generate(argv: Sequence[str]) -> int:
     _setup_logging(args.quiet, args.verbose)
     overrides = [i for i in args.items if _OVERRIDE.match(i)]
     prompts = [i for i in args.items if not _OVERRIDE.match(i)]
+    if args.resume is not None:
+        if prompts or args.config or args.no_save:
+            raise ResumeError("a resumed run keeps its prompts, config and folder; allowed with --resume: "
+                              "RUN_DIR and key=value for " + ", ".join(RESUMABLE_KEYS))
+        from vqclip.resume import resume
+
+        return _report(resume(args.resume, overrides, progress=not args.quiet))
     from vqclip.config import load_config
     from vqclip.generate import generate
 
@@ -95,14 +107,42 @@ def _run_generate(argv: Sequence[str]) -> int:
         from vqclip.animate import run_mode
 
         result = run_mode(cfg, progress=not args.quiet, save=not args.no_save)
+    return _report(result)
+
+
+def _report(result) -> int:
+    """Print the files a run wrote; on an interrupt say how to resume and return 130."""
     for path in result.paths:
         print(path)
+    cfg = result.config
     if result.interrupted:
-        log.warning("interrupted after step %d of %d; the image so far and the files above are complete",
-                    len(result.losses), cfg.steps)
+        how = ""
+        if getattr(result, "state_path", None):
+            from vqclip.resume import resume_command
+
+            how = f"; continue with: {resume_command(result.run_dir)}"
+        log.warning("interrupted after step %d of %d; the image so far and the files above are complete%s",
+                    len(result.losses), cfg.steps, how)
         return 130
     log.info("seed %d, final loss %.4f", result.seed, result.losses[-1])
     return 0
+
+
+def _run_resume(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vqclip resume", description="Continue an interrupted run, or extend a finished one with steps=N. "
+        "It continues in the same folder: frames go on, the video is rewritten with the earlier frames "
+        "first, and image.png, config.yaml and state.pt are replaced atomically.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (it holds state.pt)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="changes allowed on resume: " + ", ".join(RESUMABLE_KEYS))
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log model loading and details")
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet, args.verbose)
+    from vqclip.resume import resume
+
+    return _report(resume(args.run_dir, args.overrides, progress=not args.quiet))
 
 
 def _run_models(argv: Sequence[str]) -> int:
@@ -133,7 +173,7 @@ def _run_download(argv: Sequence[str]) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `vqclip` and `python -m vqclip`; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"models": _run_models, "download": _run_download}
+    commands = {"models": _run_models, "download": _run_download, "resume": _run_resume}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])

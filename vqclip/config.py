@@ -271,6 +271,19 @@ def _load_yaml(path: str) -> Any:
     return data
 
 
+def _from_dotlist(overrides: Sequence[str]) -> Any:
+    """omegaconf's dotlist parsing, with a value YAML cannot read reported as a ConfigError naming it."""
+    import yaml
+
+    for item in overrides:
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"bad override {item!r}: its value is not valid YAML ({problem})") from None
+    return OmegaConf.from_dotlist(list(overrides))
+
+
 def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
                 prompts: Optional[Sequence[str]] = None) -> GenerateConfig:
     """Build a checked GenerateConfig: defaults <- YAML files (in order) <- dotlist overrides.
@@ -279,13 +292,26 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
     Raises ConfigError with one line naming the offending key and what is allowed.
     """
     try:
+        return _load_config(files, overrides, prompts)
+    except ConfigError as exc:  # keys and values typed by a user may hold newlines: keep the message one line
+        raise ConfigError(one_line(str(exc))) from None
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped, so an error stays one line."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _load_config(files: Sequence[str], overrides: Sequence[str], prompts: Optional[Sequence[str]]) -> GenerateConfig:
+    """load_config's body (see there)."""
+    try:
         cfg = OmegaConf.structured(GenerateConfig)
         for path in files:
             cfg = OmegaConf.merge(cfg, _load_yaml(path))
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. steps=100)")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(cfg, _from_dotlist(overrides))
         if prompts is not None:
             cfg.prompts = list(prompts)
         obj = OmegaConf.to_object(cfg)
@@ -369,11 +395,41 @@ def to_yaml(cfg: GenerateConfig) -> str:
 
 def from_yaml_text(text: str) -> GenerateConfig:
     """Rebuild a checked GenerateConfig from `to_yaml` output (PNG metadata, a run's config.yaml)."""
+    import yaml
+
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(GenerateConfig), OmegaConf.create(str(text)))
+        data = OmegaConf.create(str(text))
+    except AssertionError:  # omegaconf asserts when the YAML holds a bare scalar ("0", "text")
+        raise ConfigError("saved config must be a mapping of keys, not a single value") from None
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"saved config is not valid YAML{where}: {problem}") from None
+    if not isinstance(data, type(OmegaConf.create({}))):
+        raise ConfigError(f"saved config must be a mapping of keys, not a {type(data).__name__}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(GenerateConfig), data)
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(_omegaconf_message(exc)) from None
+    assert isinstance(obj, GenerateConfig)
+    validate(obj)
+    return obj
+
+
+def apply_overrides(cfg: GenerateConfig, overrides: Sequence[str]) -> GenerateConfig:
+    """A copy of `cfg` with dotlist `overrides` applied and checked (e.g. a resumed run's steps=N)."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. steps=100)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg), _from_dotlist(overrides))
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_omegaconf_message(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(f"bad override: {exc}") from None
     assert isinstance(obj, GenerateConfig)
     validate(obj)
     return obj

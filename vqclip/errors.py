@@ -23,3 +23,15 @@ class DownloadError(VQClipError):
 
 class InputImageError(VQClipError):
     """An init image or image prompt that cannot be read or used."""
+
+
+class OutputError(VQClipError):
+    """A file of the run that cannot be written (a full disk, a read-only or missing folder)."""
+
+
+class NumericalError(VQClipError):
+    """The loss or the latent became NaN or infinite and could not be recovered."""
+
+
+class ResumeError(VQClipError):
+    """A run folder that cannot be resumed (no state, a corrupt state, or a change not allowed)."""

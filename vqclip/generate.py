@@ -9,8 +9,10 @@ display beyond the bar) belong to callbacks, which receive one dict per step.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
+import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +25,13 @@ from tqdm.auto import tqdm
 from vqclip.config import GenerateConfig, batch_count, validate
 from vqclip.cutouts import build_augments, make_cutouts, make_cutouts_loop
 from vqclip.ensemble import build_guides, load_extra_clips
-from vqclip.errors import ConfigError
-from vqclip.images import load_image_tensor, to_pil
+from vqclip.errors import ConfigError, NumericalError
+from vqclip.images import load_image_tensor, open_image, to_pil
 from vqclip.losses import image_loss_terms
 from vqclip.models.clip import ClipModel, load_clip
 from vqclip.models.vqgan import VQGAN, load_vqgan
 from vqclip.ops import clamp_with_grad, vector_quantize
-from vqclip.perf import autocast, configure_models, resolve_precision
+from vqclip.perf import autocast, configure_models, resolve_precision, wants_checkpointing
 from vqclip.prompts import Target, split_prompts
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class GenerationResult:
     run_dir: Optional[Path] = None
     paths: List[Path] = field(default_factory=list)
     interrupted: bool = False  # stopped early by Ctrl-C/SIGTERM; images are those of the last step
+    state_path: Optional[Path] = None  # the resumable state (vqclip.resume), when files were written
 
     @property
     def seed(self) -> int:
@@ -107,6 +110,13 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
 
     device = device or resolve_device(cfg.device)
     config_path, ckpt_path = vqgan_files(cfg, progress)
+    from vqclip.memory import check_memory
+    from vqclip.models.vqgan import read_model_config
+
+    ddconfig = read_model_config(config_path)["params"]["ddconfig"]
+    check_size(cfg.size, 2 ** (len(ddconfig["ch_mult"]) - 1))  # size checks before any weights load
+    check_memory(cfg, ddconfig, device, batch=batch_count(cfg),
+                 checkpointing=wants_checkpointing(cfg.grad_checkpointing, cfg.size))
     encoder = bool(cfg.init_image) or cfg.mode in ("zoom", "restyle")  # these modes re-encode frames
     vqgan = load_vqgan(config_path, ckpt_path, with_encoder=encoder, device=device, attention=cfg.attention)
     clip = load_clip(cfg.clip.model, cfg.clip.pretrained, device=device, cache_dir=clip_cache_dir(cfg.cache_dir))
@@ -210,6 +220,8 @@ class Run:
         self.step_index = 0
         self.losses: List[float] = []  # the total loss per step
         self.image_losses: List[float] = []  # the last step's loss of each image
+        self.faults = 0  # NaN/inf faults so far: the first lowers the lr, the second stops the run
+        self._good: Optional[tuple] = None  # (z, optimiser state, step) that last gave a finite loss
 
     def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
         """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt and CLIP
@@ -227,26 +239,59 @@ class Run:
         return terms
 
     def step(self) -> Dict[str, Any]:
-        """One optimisation step; returns the callback dict (image is the one before the update)."""
+        """One optimisation step; returns the callback dict (image is the one before the update).
+
+        A NaN or inf loss or latent is caught at the step it appears: the first time, the last good
+        latent and optimiser state are restored, the learning rate is halved and the step is taken
+        again; the second time, the last good latent is restored and NumericalError is raised.
+        """
+        before = (self.z.detach().clone(), copy.deepcopy(self.opt.state_dict()), self.step_index)
         self.opt.zero_grad(set_to_none=True)
         with self.timer("decode"):
             image = synth(self.models.vqgan, self.z, self.dtype)
         terms = self.loss_terms(image)
         per_image = torch.stack(terms).sum(0)  # [B]: images share no latent, so each loss is its own
         loss = per_image.sum()
+        value = loss.item()
+        if not math.isfinite(value):
+            return self._fault(f"the loss is {value}")
+        self._good = before  # this latent gave a finite loss
         with self.timer("backward"):
             loss.backward()
         with self.timer("optimizer"):
             self.opt.step()
             with torch.no_grad():
                 self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
-        self.losses.append(loss.item())
+        if not bool(torch.isfinite(self.z).all()):
+            return self._fault("the latent has NaN or inf values after the update")
+        self.losses.append(value)
         self.image_losses = per_image.detach().tolist()
         info = {"step": self.step_index, "z": self.z.detach(), "image": image.detach(), "loss": self.losses[-1],
                 "losses": [float(t.detach().sum()) for t in terms],
                 "image_losses": self.image_losses, "final": False}
         self.step_index += 1
         return info
+
+    def _fault(self, what: str) -> Dict[str, Any]:
+        """Go back to the start of the last step whose loss was finite (latent, optimiser, step count);
+        the first time halve the lr and take that step again, the second time raise NumericalError."""
+        self.faults += 1
+        step = self.step_index
+        if self._good is not None:
+            z, opt_state, self.step_index = self._good
+            del self.losses[self.step_index:]
+            with torch.no_grad():
+                self.z.copy_(z)
+            self.opt.load_state_dict(copy.deepcopy(opt_state))  # load_state_dict may keep the tensors given
+        lr = self.opt.param_groups[0]["lr"]
+        if self.faults > 1 or self._good is None:
+            raise NumericalError(f"step {step}: {what} (fault {self.faults}, learning rate {lr:g}); stopped with "
+                                 f"the last good latent, from step {self.step_index}; try a lower optim.lr")
+        for group in self.opt.param_groups:
+            group["lr"] = group["lr"] / 2
+        log.warning("step %d: %s; went back to step %d, the last with a finite loss, and halved the learning "
+                    "rate to %g (a second fault stops the run)", step, what, self.step_index, lr / 2)
+        return self.step()
 
     @torch.no_grad()
     def image(self) -> torch.Tensor:
@@ -261,6 +306,9 @@ def prepare(config: GenerateConfig) -> GenerateConfig:
         raise ConfigError("no prompt given; allowed: a text prompt (\"a red car\") or image_prompts=[path]")
     for prompts in (config.prompts, config.image_prompts, config.batch_prompts):
         split_prompts(prompts)  # fail on syntax before loading models
+    for path, what in [(config.init_image, "init image")] + [(p.text, "image prompt") for p in split_prompts(config.image_prompts)]:
+        if path:
+            open_image(path, what)  # an unreadable or unusable image fails here, before models load or files are written
     if config.seed is None:
         config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
         log.info("no seed given; using seed %d", config.seed)
@@ -269,7 +317,8 @@ def prepare(config: GenerateConfig) -> GenerateConfig:
 
 def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbacks: Sequence[Callback] = (),
              progress: bool = True, save: bool = True,
-             setup: Optional[Callable[["Run"], None]] = None) -> GenerationResult:
+             setup: Optional[Callable[["Run"], None]] = None,
+             resume: Optional[tuple] = None) -> GenerationResult:
     """Run VQGAN+CLIP latent optimisation for `config.steps` steps and return the result.
 
     Args:
@@ -281,6 +330,8 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
         progress: show a tqdm bar with the step and loss.
         save: write a run folder (config, frames, video, final PNG) under `config.output.dir`.
         setup: called once with the `Run` before the first step (a story installs its schedule).
+        resume: (run folder, state from `vqclip.resume.load_state`): continue that run in its folder
+            (use `vqclip.resume.resume(run_dir)`, which checks the config first).
     Returns:
         GenerationResult with the final PIL images, the latent, the loss per step, the config with
         its seed, and the run folder and files written.
@@ -290,40 +341,66 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
         raise ConfigError(f"mode={config.mode} is run by vqclip.animate.run_mode(config), not generate(); "
                           "allowed here: mode=image")
     device = resolve_device(config.device)
+    if save:
+        from vqclip.outputs import check_output_dir
+
+        check_output_dir(config.output.dir)  # an unwritable folder fails now, not after the models load
     models = models or load_models(config, device, progress)
     check_size(config.size, models.vqgan.factor)
+    from vqclip.memory import check_memory
+    from vqclip.resume import apply_state, capture_state, save_state
+
+    check_memory(config, models.vqgan.ddconfig, device, batch=batch_count(config),
+                 checkpointing=wants_checkpointing(config.grad_checkpointing, config.size))
     run = Run(config, models, device)
     if setup:
         setup(run)
+    if resume:
+        apply_state(run, resume[1])
 
     from vqclip import __version__
     from vqclip.outputs import RunWriter
 
-    writer = RunWriter(config, __version__) if save else None
+    writer = RunWriter(config, __version__, run_dir=resume[0] if resume else None) if save else None
     hooks = list(callbacks) + ([writer] if writer else [])
     from vqclip.interrupt import StopSignal
 
-    bar = tqdm(total=config.steps, disable=not progress, desc="vqclip", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=run.step_index, disable=not progress, desc="vqclip", unit="step",
+               dynamic_ncols=True)
     stop = StopSignal()
+    fault: Optional[NumericalError] = None
+    state_path = None
     try:
         with stop:
-            _loop(run, config.steps, hooks, bar, stop)
-        final = run.image()
-        info = {"step": run.step_index, "z": run.z.detach(), "image": final,
-                "loss": run.losses[-1] if run.losses else float("nan"), "losses": [],
-                "image_losses": run.image_losses, "final": True,
-                "interrupted": stop.requested}
-        for hook in hooks:
-            hook(info)
+            try:
+                _loop(run, config.steps, hooks, bar, stop)
+            except NumericalError as exc:  # the run holds the last good latent: write it, then stop
+                fault = exc
+            resumable = writer is not None and config.mode == "image"  # a story's schedule is not saved
+            state = capture_state(run) if resumable else None  # the RNG as it is after the last completed step
+            final = run.image()
+            info = {"step": run.step_index, "z": run.z.detach(), "image": final,
+                    "loss": run.losses[-1] if run.losses else float("nan"), "losses": [],
+                    "image_losses": run.image_losses, "final": True,
+                    "interrupted": stop.requested}
+            for hook in hooks:
+                hook(info)
+            if writer and state is not None:
+                state_path = save_state(state, writer.run_dir)
+                writer.paths.append(state_path)
     except BaseException:
         if writer:
             writer.abort()
         raise
     finally:
         bar.close()
+    if fault is not None:
+        where = f"; the last good image is {writer.run_dir / 'image.png'}" if writer else ""
+        raise NumericalError(f"{fault}{where}") from None
     return GenerationResult(images=[to_pil(img) for img in final], z=run.z.detach(), losses=run.losses,
                             config=config, run_dir=writer.run_dir if writer else None,
-                            paths=writer.paths if writer else [], interrupted=stop.requested)
+                            paths=writer.paths if writer else [], interrupted=stop.requested,
+                            state_path=state_path)
 
 
 def _loop(run: Run, steps: int, hooks: Sequence[Callback], bar: Any, stop: Any) -> None:

@@ -6,6 +6,7 @@ from its header, before any pixel is read), and decode completely (a truncated f
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Tuple
@@ -40,8 +41,10 @@ def open_image(path: str | Path, what: str = "image") -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise InputImageError(f"{what} {path} is not an image file PIL can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputImageError(f"{what} {path} is too large; allowed: at most {MAX_PIXELS // 2**20} megapixels") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # refused from the header
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({int(pixels.group(1)):,} pixels)" if pixels else ""
+        raise InputImageError(f"{what} {path} is too large{size}; allowed: at most {MAX_PIXELS // 2**20} megapixels") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputImageError(f"{what} {path} is truncated or corrupt: {exc}") from None
 

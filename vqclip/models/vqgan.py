@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 VQMODEL = "taming.models.vqgan.VQModel"
 GUMBELVQ = "taming.models.vqgan.GumbelVQ"
 ALLOWED_TARGETS = (VQMODEL, GUMBELVQ)
+# Nested `target:` names the published model YAMLs carry (the training loss, Gumbel's temperature
+# schedule). vqclip never builds them; any other name is refused as a sign of a tampered file.
+ALLOWED_NESTED_TARGETS = ("taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+                          "taming.modules.losses.vqperceptual.DummyLoss",
+                          "taming.lr_scheduler.LambdaWarmUpCosineScheduler")
 _DDCONFIG_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "in_channels",
                   "resolution", "z_channels")
 
@@ -55,6 +60,7 @@ class VQGAN(nn.Module):
         dd = dict(params["ddconfig"])
         embed_dim, n_embed, z_channels = int(params["embed_dim"]), int(params["n_embed"]), int(dd["z_channels"])
         self.gumbel = gumbel
+        self.ddconfig = dd  # kept for the memory estimate (vqclip.memory)
         self.factor = 2 ** (len(dd["ch_mult"]) - 1)
         self.embed_dim, self.n_embed = embed_dim, n_embed
         self.encoder = quiet_construct(Encoder, **dd) if with_encoder else None
@@ -133,6 +139,10 @@ def read_model_config(path: str | Path) -> Dict[str, Any]:
     if target not in ALLOWED_TARGETS:
         raise CheckpointError(f"VQGAN config {path} names model.target {target!r}; allowed: {', '.join(ALLOWED_TARGETS)}")
     params = model.get("params") or {}
+    for where, name in _nested_targets(params, "model.params"):
+        if name not in ALLOWED_NESTED_TARGETS:
+            raise CheckpointError(f"VQGAN config {path} names {where}.target {name!r}; allowed there: "
+                                  f"{', '.join(ALLOWED_NESTED_TARGETS)}")
     missing = [k for k in ("embed_dim", "n_embed", "ddconfig") if k not in params]
     dd = params.get("ddconfig") or {}
     missing += [f"ddconfig.{k}" for k in _DDCONFIG_KEYS if k not in dd]
@@ -145,6 +155,19 @@ def read_model_config(path: str | Path) -> Dict[str, Any]:
     if int(dd["ch"]) % 32:
         raise CheckpointError(f"VQGAN config {path} has ddconfig.ch {dd['ch']}; taming's GroupNorm(32) needs a multiple of 32")
     return {"target": target, "params": params}
+
+
+def _nested_targets(obj: Any, where: str):
+    """Yield (dotted key, value) of every `target` key inside nested dicts and lists."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key == "target":
+                yield where, value
+            else:
+                yield from _nested_targets(value, f"{where}.{key}")
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield from _nested_targets(value, f"{where}[{i}]")
 
 
 def load_vqgan(config_path: str | Path, checkpoint_path: str | Path, *, with_encoder: bool = False,
