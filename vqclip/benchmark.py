@@ -13,6 +13,7 @@ carries its own speed-up ratio. `scripts/benchmark.py` is the command-line wrapp
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -126,22 +127,16 @@ class PhaseTimer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __call__(self, phase: str):
-        """Context manager timing one phase."""
-        return _Phase(self, phase)
-
-
-class _Phase:
-    def __init__(self, timer: PhaseTimer, phase: str) -> None:
-        self.timer, self.phase = timer, phase
-
-    def __enter__(self) -> None:
-        self.timer._sync()
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.timer._sync()
-        self.timer.total[self.phase] += time.perf_counter() - self.start
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        """Time one phase (a context manager)."""
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.total[phase] += time.perf_counter() - start
 
 
 def _reset_peak(device: torch.device) -> None:
