@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +21,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vqclip.config import GenerateConfig, validate
-from vqclip.cutouts import build_augments, make_cutouts
+from vqclip.cutouts import build_augments, make_cutouts, scheduled_blur
 from vqclip.ensemble import build_guides, load_extra_clips
 from vqclip.errors import ConfigError
 from vqclip.images import load_image_tensor, to_pil
-from vqclip.losses import image_loss_terms
+from vqclip.losses import image_loss_terms, parse_color, total_variation
 from vqclip.models.clip import ClipModel, load_clip
 from vqclip.models.vqgan import VQGAN, load_vqgan
 from vqclip.ops import clamp_with_grad, vector_quantize
 from vqclip.prompts import Target, split_prompts
+from vqclip.starts import start_image
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
 
     device = device or resolve_device(cfg.device)
     config_path, ckpt_path = vqgan_files(cfg, progress)
-    encoder = bool(cfg.init_image) or cfg.mode in ("zoom", "restyle")  # these modes re-encode frames
+    encoder = bool(cfg.init_image) or cfg.init != "random" or cfg.mode in ("zoom", "restyle")  # re-encode frames
     vqgan = load_vqgan(config_path, ckpt_path, with_encoder=encoder, device=device, attention=cfg.attention)
     clip = load_clip(cfg.clip.model, cfg.clip.pretrained, device=device, cache_dir=clip_cache_dir(cfg.cache_dir))
     return Models(vqgan, clip, load_extra_clips(cfg, device, clip_cache_dir(cfg.cache_dir)))
@@ -121,7 +123,8 @@ def synth(vqgan: VQGAN, z: torch.Tensor) -> torch.Tensor:
 
 def embed_cutouts(clip: ClipModel, augment: torch.nn.Module, images: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
     """Images [B, 3, H, W] -> CLIP embeddings of their augmented cutouts [B, cutn, D]."""
-    cuts = augment(make_cutouts(images, cfg.cutouts.cutn, clip.input_size, cfg.cutouts.cut_pow))
+    cuts = augment(make_cutouts(images, cfg.cutouts.cutn, clip.input_size, cfg.cutouts.cut_pow,
+                                cfg.cutouts.min_size, cfg.cutouts.whole))
     return clip.encode_image(cuts).view(images.shape[0], cfg.cutouts.cutn, -1)
 
 
@@ -139,11 +142,13 @@ def build_targets(cfg: GenerateConfig, models: Models, augment: torch.nn.Module,
 
 
 def initial_latent(cfg: GenerateConfig, vqgan: VQGAN, device: torch.device, batch: int = 1) -> torch.Tensor:
-    """Random codebook tokens, or the VQGAN encoding of `init_image`: [batch, D, H/f, W/f]."""
+    """Random codebook tokens, or the VQGAN encoding of `init_image` or of the `init` starting image
+    (vqclip.starts): [batch, D, H/f, W/f]."""
     w, h = cfg.size
     f = vqgan.factor
-    if cfg.init_image:
-        image = load_image_tensor(cfg.init_image, (w, h), "init image").to(device)
+    if cfg.init_image or cfg.init != "random":
+        image = (load_image_tensor(cfg.init_image, (w, h), "init image") if cfg.init_image else
+                 start_image(cfg.init, w, h, parse_color(cfg.init_color, "init_color"))).to(device)
         with torch.no_grad():
             return vqgan.encode(image).repeat(batch, 1, 1, 1)
     tokens = torch.randint(vqgan.n_embed, (batch, h // f, w // f), device=device)
@@ -155,6 +160,12 @@ def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> torc
     table = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
              "adamax": torch.optim.Adamax, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
     return table[name.lower()](params, lr=lr)
+
+
+def cosine_lr(lr: float, final_lr: float, step: int, steps: int) -> float:
+    """Learning rate at `step` of `steps`: `lr` at the first, `final_lr` at the last, cosine between."""
+    t = min(1.0, step / max(1, steps - 1))
+    return final_lr + (lr - final_lr) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 class Run:
@@ -182,15 +193,19 @@ class Run:
         """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt and CLIP
         model (+ init, + the extra image losses)."""
         terms = []
+        cut = self.config.cutouts  # CLIP may see the image blurred early on (coarse to fine)
+        seen = scheduled_blur(image, cut.blur, self.step_index, cut.blur_steps * self.config.steps) if cut.blur else image
         if self.config.clip.weight:  # 0 only with clip.extra: then this model is not run at all
-            embeds = embed_cutouts(self.models.clip, self.augment, image, self.config)
+            embeds = embed_cutouts(self.models.clip, self.augment, seen, self.config)
             terms = [t(embeds) * self.config.clip.weight for t in self.targets]
         for guide in self.guides:
-            terms += guide.terms(image, self.config)
+            terms += guide.terms(seen, self.config)
         if self.config.init_weight:
             mse = F.mse_loss(self.z, self.z_start, reduction="none").flatten(1).mean(1)
             terms.append(mse * (self.config.init_weight / 2))
         terms += image_loss_terms(image, self.config.losses)
+        if self.config.losses.latent_tv:
+            terms.append(self.config.losses.latent_tv * total_variation(self.z))
         return terms
 
     def step(self) -> Dict[str, Any]:
@@ -200,6 +215,9 @@ class Run:
         terms = self.loss_terms(image)
         loss = torch.stack(terms).sum()
         loss.backward()
+        if self.config.optim.final_lr is not None:
+            for group in self.opt.param_groups:
+                group["lr"] = cosine_lr(self.config.optim.lr, self.config.optim.final_lr, self.step_index, self.config.steps)
         self.opt.step()
         with torch.no_grad():
             self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
