@@ -94,3 +94,57 @@ def test_cosine_learning_rate_schedule(tiny_overrides):
     generate(cfg, save=False, progress=False, setup=lambda run: seen.append(run),
              callbacks=[lambda info: seen.append(seen[0].opt.param_groups[0]["lr"])])
     assert seen[1:4] == pytest.approx([0.2, 0.11, 0.02]) and seen[4] == pytest.approx(0.02)
+
+
+def test_latent_blocks_move_together_then_apart(tiny_overrides):
+    from vqclip.blocks import block_mean, block_tokens
+
+    tokens = block_tokens(512, 2, 8, 8, 4)
+    assert tokens.shape == (2, 8, 8) and torch.equal(tokens, tokens[:, ::4, ::4].repeat_interleave(4, 1).repeat_interleave(4, 2))
+    g = torch.randn(1, 3, 8, 8)
+    pooled = block_mean(g, 2)
+    assert torch.allclose(pooled[..., ::2, ::2], F.avg_pool2d(g, 2)) and torch.equal(pooled[..., 0, 0], pooled[..., 1, 1])
+    cfg = load_config([], tiny_overrides + ["latent_block=2", "latent_block_steps=0.5", "steps=6",
+                                            "optim.lr=0.5"], prompts=["a red car"])
+    zs = []
+    generate(cfg, save=False, progress=False, callbacks=[lambda info: zs.append(info["z"].clone())])
+    blocky = [bool(torch.equal(z, z[..., ::2, ::2].repeat_interleave(2, 2).repeat_interleave(2, 3))) for z in zs]
+    assert blocky[:3] == [True, True, True]  # steps 0-2 of 6: blocks of 2x2 tokens
+    assert not blocky[-1]  # afterwards single tokens move
+
+
+def test_latent_block_must_divide_the_grid(tiny_overrides):
+    cfg = load_config([], tiny_overrides + ["latent_block=3"], prompts=["x"])
+    with pytest.raises(ConfigError, match="'latent_block'.*divisor"):
+        generate(cfg, save=False, progress=False)
+    with pytest.raises(ConfigError, match="'latent_block'"):
+        load_config([], ["latent_block=0"])
+
+
+def test_tones_loss_is_zero_for_k_flat_colours():
+    from vqclip.losses import dominant_colors, tones
+
+    two = torch.zeros(1, 3, 16, 16)
+    two[:, 0, :, :6] = 1.0  # red left, black right
+    assert float(tones(two, 2)) == pytest.approx(0.0, abs=1e-7)
+    found = dominant_colors(two, 2)[0].tolist()
+    assert sorted(found) == [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    three = two.clone()
+    three[:, 2, 12:, 6:] = 1.0  # a blue corner: a third colour costs
+    assert float(tones(three, 2)) > 0.05 and float(tones(three, 3)) == pytest.approx(0.0, abs=1e-7)
+    noisy = torch.rand(1, 3, 16, 16, requires_grad=True)
+    tones(noisy, 2).sum().backward()
+    assert noisy.grad.abs().sum() > 0
+
+
+def test_channels_last_decoder_gives_the_same_images(tiny_overrides):
+    from vqclip.generate import synth
+
+    plain = load_models(load_config([], tiny_overrides))
+    cfg = load_config([], tiny_overrides + ["channels_last=true"], prompts=["a red car"])
+    models = load_models(cfg)
+    conv = next(m for m in models.vqgan.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    z = initial_latent(cfg, models.vqgan, torch.device("cpu"))
+    assert torch.allclose(synth(plain.vqgan, z), synth(models.vqgan, z), atol=1e-5)  # only the memory layout differs
+    assert generate(cfg, models=models, save=False, progress=False).images[0].size == (64, 64)

@@ -179,6 +179,9 @@ class LossesConfig:
     saturation_target: float = _help("the mean HSV saturation to keep near, 0..1", default=0.5)
     palette: float = _help("weight of the distance of every pixel to its nearest palette colour", default=0.0)
     palette_colors: List[str] = _help('palette colours as hex, e.g. ["#e63c32", "#2850c8"]', default_factory=list)
+    tones: float = _help("weight of the distance of every pixel to the nearest of the image's own tones_k "
+                         "dominant colours (few flat colours)", default=0.0)
+    tones_k: int = _help("how many dominant colours the tones loss allows", default=2)
 
 
 @dataclass
@@ -195,6 +198,10 @@ class GenerateConfig:
     init: str = _help(f"start without init_image: {', '.join(INITS)} (flat: init_color everywhere; "
                       "smooth: low-frequency colour noise), encoded by the VQGAN", default="random")
     init_color: str = _help('colour of init=flat, hex "#rrggbb"', default="#808080")
+    # Coarse to fine in the latent: early on, whole blocks of tokens move together (vqclip.blocks).
+    latent_block: int = _help("for the first latent_block_steps, the latent moves in blocks of this many tokens "
+                              "per side (layout before detail; 1: off)", default=1)
+    latent_block_steps: float = _help("fraction of the steps during which latent_block applies, 0..1", default=0.5)
     seed: Optional[int] = _help("random seed (null: pick one and record it)", default=None)
     size: List[int] = _help("[width, height] in pixels; multiples of the VQGAN's downsampling factor",
                             default_factory=lambda: [256, 256])
@@ -203,6 +210,9 @@ class GenerateConfig:
     # sdpa: the decoder's attention through scaled_dot_product_attention (same weights; memory not
     # quadratic in the latent size); taming: taming's own bmm + softmax, as the original notebooks.
     attention: str = _help("decoder attention: sdpa (fused, lean) or taming (the original)", default="sdpa")
+    # Same weights and maths; oneDNN's CPU convolutions are much faster on NHWC tensors (docs/shapes.md).
+    channels_last: bool = _help("keep the VQGAN decoder's tensors channels-last (NHWC): faster convolutions on CPU",
+                                default=False)
     mode: str = _help(f"what to make: {', '.join(MODES)} (see docs/animation.md)", default="image")
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     clip: CLIPConfig = field(default_factory=CLIPConfig)
@@ -325,6 +335,9 @@ def validate(cfg: GenerateConfig) -> None:
     _check(cfg.cutouts.blur >= 0, "cutouts.blur", "a number >= 0", cfg.cutouts.blur)
     _check(0 <= cfg.cutouts.blur_steps <= 1, "cutouts.blur_steps", "a number in [0, 1]", cfg.cutouts.blur_steps)
     _check(cfg.init in INITS, "init", ", ".join(INITS), cfg.init)
+    _check(cfg.losses.tones_k >= 1, "losses.tones_k", "an integer >= 1", cfg.losses.tones_k)
+    _check(cfg.latent_block >= 1, "latent_block", "an integer >= 1", cfg.latent_block)
+    _check(0 <= cfg.latent_block_steps <= 1, "latent_block_steps", "a number in [0, 1]", cfg.latent_block_steps)
     from vqclip.losses import parse_color
 
     parse_color(cfg.init_color, "init_color")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vqclip.blocks import block_mean, block_tokens, check_block
 from vqclip.config import GenerateConfig, validate
 from vqclip.cutouts import build_augments, make_cutouts, scheduled_blur
 from vqclip.ensemble import build_guides, load_extra_clips
@@ -103,6 +104,8 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
     config_path, ckpt_path = vqgan_files(cfg, progress)
     encoder = bool(cfg.init_image) or cfg.init != "random" or cfg.mode in ("zoom", "restyle")  # re-encode frames
     vqgan = load_vqgan(config_path, ckpt_path, with_encoder=encoder, device=device, attention=cfg.attention)
+    if cfg.channels_last:
+        vqgan.to(memory_format=torch.channels_last)
     clip = load_clip(cfg.clip.model, cfg.clip.pretrained, device=device, cache_dir=clip_cache_dir(cfg.cache_dir))
     return Models(vqgan, clip, load_extra_clips(cfg, device, clip_cache_dir(cfg.cache_dir)))
 
@@ -151,7 +154,8 @@ def initial_latent(cfg: GenerateConfig, vqgan: VQGAN, device: torch.device, batc
                  start_image(cfg.init, w, h, parse_color(cfg.init_color, "init_color"))).to(device)
         with torch.no_grad():
             return vqgan.encode(image).repeat(batch, 1, 1, 1)
-    tokens = torch.randint(vqgan.n_embed, (batch, h // f, w // f), device=device)
+    check_block(cfg.latent_block, (h // f, w // f))
+    tokens = block_tokens(vqgan.n_embed, batch, h // f, w // f, cfg.latent_block, device)
     return vqgan.codebook[tokens].permute(0, 3, 1, 2).contiguous()
 
 
@@ -215,6 +219,8 @@ class Run:
         terms = self.loss_terms(image)
         loss = torch.stack(terms).sum()
         loss.backward()
+        if self.config.latent_block > 1 and self.step_index < self.config.latent_block_steps * self.config.steps:
+            self.z.grad = block_mean(self.z.grad, self.config.latent_block)  # layout first (vqclip.blocks)
         if self.config.optim.final_lr is not None:
             for group in self.opt.param_groups:
                 group["lr"] = cosine_lr(self.config.optim.lr, self.config.optim.final_lr, self.step_index, self.config.steps)
