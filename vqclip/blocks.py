@@ -21,7 +21,8 @@ def check_block(block: int, grid: tuple[int, int]) -> None:
                           f"{grid[1]}x{grid[0]} (size / the VQGAN's factor); allowed: a divisor of both sides")
 
 
-def block_tokens(n_embed: int, batch: int, h: int, w: int, block: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def block_tokens(n_embed: int, batch: int, h: int, w: int, block: int,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
     """Random token indices [batch, h, w], one per block x block square."""
     coarse = torch.randint(n_embed, (batch, h // block, w // block), device=device)
     return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)

@@ -91,8 +91,8 @@ class CutoutsConfig:
                                 default_factory=lambda: ["flip", "affine", "perspective", "jitter"])
     noise: float = _help("std of the per-cutout Gaussian noise used by the 'noise' augment", default=0.1)
     # Smallest cutout side as a fraction of the image's shorter side; 0 keeps CLIP's input size.
-    min_size: float = _help("smallest cutout side as a fraction of the image's shorter side, 0..1 (0: CLIP's input size)",
-                            default=0.0)
+    min_size: float = _help("smallest cutout side as a fraction of the image's shorter side, 0..1 "
+                            "(0: CLIP's input size)", default=0.0)
     # A share of the cutouts shows the whole composition (the largest centred square).
     whole: float = _help("share of cutouts that show the whole image (largest centred square), 0..1", default=0.0)
     # Coarse to fine: CLIP sees the image blurred, the blur shrinking linearly to none.

@@ -198,7 +198,8 @@ class Run:
         model (+ init, + the extra image losses)."""
         terms = []
         cut = self.config.cutouts  # CLIP may see the image blurred early on (coarse to fine)
-        seen = scheduled_blur(image, cut.blur, self.step_index, cut.blur_steps * self.config.steps) if cut.blur else image
+        seen = scheduled_blur(image, cut.blur, self.step_index, cut.blur_steps * self.config.steps) \
+            if cut.blur else image
         if self.config.clip.weight:  # 0 only with clip.extra: then this model is not run at all
             embeds = embed_cutouts(self.models.clip, self.augment, seen, self.config)
             terms = [t(embeds) * self.config.clip.weight for t in self.targets]
@@ -221,9 +222,10 @@ class Run:
         loss.backward()
         if self.config.latent_block > 1 and self.step_index < self.config.latent_block_steps * self.config.steps:
             self.z.grad = block_mean(self.z.grad, self.config.latent_block)  # layout first (vqclip.blocks)
-        if self.config.optim.final_lr is not None:
+        optim = self.config.optim
+        if optim.final_lr is not None:
             for group in self.opt.param_groups:
-                group["lr"] = cosine_lr(self.config.optim.lr, self.config.optim.final_lr, self.step_index, self.config.steps)
+                group["lr"] = cosine_lr(optim.lr, optim.final_lr, self.step_index, self.config.steps)
         self.opt.step()
         with torch.no_grad():
             self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
