@@ -2,8 +2,10 @@
 """Score the generator on the shapes world: success rate on seen and held-out scenes.
 
     python scripts/eval_shapes.py [--config configs/shapes.yaml] [--seeds 0 1 2] [key=value ...]
+    python scripts/eval_shapes.py --merge seed0.json seed1.json seed2.json --json eval.json
 
-Prints a markdown table and writes JSON (--json) and an example grid (--grid). A thin wrapper over
+Prints a markdown table and writes JSON (--json) and an example grid (--grid). --merge combines
+reports of separate runs (e.g. one process per seed) into one. A thin wrapper over
 vqclip.shapes.quality.
 """
 import argparse
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from vqclip.config import load_config
 from vqclip.errors import VQClipError
-from vqclip.shapes.quality import example_grid, run_benchmark
+from vqclip.shapes.quality import example_grid, merge_reports, run_benchmark
 
 
 def main() -> int:
@@ -25,10 +27,19 @@ def main() -> int:
     parser.add_argument("--n-seen", type=int, default=16, help="how many seen scenes to evaluate")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--grid", type=Path, default=None, help="write a grid of example outputs here")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="merge these JSON reports instead of running")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
+        if args.merge:
+            report = merge_reports([p.read_text() for p in args.merge])
+            return _print(report, args.json)
         cfg = load_config(args.config or ["configs/shapes.yaml"], args.overrides)
         with tempfile.TemporaryDirectory() as tmp:
             report = run_benchmark(cfg, args.seeds, args.n_seen, image_dir=Path(tmp), progress=False)
@@ -40,10 +51,14 @@ def main() -> int:
     except VQClipError as exc:
         print(f"eval_shapes: error: {exc}", file=sys.stderr)
         return 2
+    return _print(report, args.json)
+
+
+def _print(report, json_path) -> int:
     print(report.table())
     print(f"\nseconds per image: {report.seconds_per_image:.2f}")
-    if args.json:
-        args.json.write_text(report.to_json())
+    if json_path:
+        json_path.write_text(report.to_json())
     return 0
 
 

@@ -2,7 +2,7 @@
 import json
 
 from vqclip import load_config
-from vqclip.shapes.quality import CHANCE, eval_scenes, example_grid, run_benchmark
+from vqclip.shapes.quality import CHANCE, eval_scenes, example_grid, merge_reports, run_benchmark
 from vqclip.shapes.world import HELD_OUT, train_scenes
 
 
@@ -29,3 +29,7 @@ def test_benchmark_report(tiny_overrides, tmp_path, monkeypatch):
     assert "held-out" in report.table()
     grid = example_grid(report.samples, columns=2, cell=32)
     assert grid.size == (64, 2 * 38)
+    other = run_benchmark(load_config([], tiny_overrides + ["steps=2"]), seeds=[1], n_seen=2)
+    merged = merge_reports([report.to_json(), other.to_json()])
+    assert merged.config["seeds"] == [0, 1] and len(merged.samples) == 6
+    assert merged.success["all"] == sum(all(s.correct.values()) for s in merged.samples) / 6

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from vqclip.errors import ConfigError
+from vqclip.starts import INITS
 
 OPTIMIZERS = ("adam", "adamw", "adagrad", "adamax", "rmsprop", "sgd")
 AUGMENTS = ("flip", "affine", "perspective", "jitter", "erasing", "sharpness", "noise", "resized_crop")
@@ -75,6 +76,9 @@ class OptimConfig:
 
     name: str = _help(f"optimiser: {', '.join(OPTIMIZERS)}", default="adam")
     lr: float = _help("learning rate", default=0.1)
+    # Cosine decay from lr to final_lr over the run: big moves first, then refinement.
+    final_lr: Optional[float] = _help("learning rate at the last step, reached by cosine decay (null: lr throughout)",
+                                      default=None)
 
 
 @dataclass
@@ -91,6 +95,14 @@ class CutoutsConfig:
     # one crop and resample per cutout, as the original notebooks (slower; kept for comparison).
     batched: bool = _help("resample all cutouts in one batched call (false: one at a time, as the notebooks)",
                           default=True)
+    # Smallest cutout side as a fraction of the image's shorter side; 0 keeps CLIP's input size.
+    min_size: float = _help("smallest cutout side as a fraction of the image's shorter side, 0..1 "
+                            "(0: CLIP's input size)", default=0.0)
+    # A share of the cutouts shows the whole composition (the largest centred square).
+    whole: float = _help("share of cutouts that show the whole image (largest centred square), 0..1", default=0.0)
+    # Coarse to fine: CLIP sees the image blurred, the blur shrinking linearly to none.
+    blur: float = _help("std in pixels of a Gaussian blur of the image CLIP sees at step 0 (0: off)", default=0.0)
+    blur_steps: float = _help("fraction of the steps over which that blur shrinks to none, 0..1", default=0.5)
 
 
 @dataclass
@@ -165,11 +177,16 @@ class LossesConfig:
     """Extra loss terms on the image; every weight is 0 (off) by default."""
 
     tv: float = _help("weight of total variation (smoothness)", default=0.0)
+    # On the latent itself (no decoder or straight-through estimate between): piecewise-constant token grids.
+    latent_tv: float = _help("weight of total variation of the latent grid (flat regions of one token)", default=0.0)
     symmetry: float = _help("weight of left-right mirror symmetry", default=0.0)
     saturation: float = _help("weight of the distance of the mean saturation to saturation_target", default=0.0)
     saturation_target: float = _help("the mean HSV saturation to keep near, 0..1", default=0.5)
     palette: float = _help("weight of the distance of every pixel to its nearest palette colour", default=0.0)
     palette_colors: List[str] = _help('palette colours as hex, e.g. ["#e63c32", "#2850c8"]', default_factory=list)
+    tones: float = _help("weight of the distance of every pixel to the nearest of the image's own tones_k "
+                         "dominant colours (few flat colours)", default=0.0)
+    tones_k: int = _help("how many dominant colours the tones loss allows", default=2)
 
 
 @dataclass
@@ -182,6 +199,14 @@ class GenerateConfig:
     image_prompts: List[str] = _help('image prompts, "path:weight:stop"', default_factory=list)
     init_image: Optional[str] = _help("start from this image (encoded by the VQGAN) instead of random tokens", default=None)
     init_weight: float = _help("pull the latent toward its starting point with this weight", default=0.0)
+    # Without init_image: random codebook tokens, or a made image encoded by the VQGAN (vqclip.starts).
+    init: str = _help(f"start without init_image: {', '.join(INITS)} (flat: init_color everywhere; "
+                      "smooth: low-frequency colour noise), encoded by the VQGAN", default="random")
+    init_color: str = _help('colour of init=flat, hex "#rrggbb"', default="#808080")
+    # Coarse to fine in the latent: early on, whole blocks of tokens move together (vqclip.blocks).
+    latent_block: int = _help("for the first latent_block_steps, the latent moves in blocks of this many tokens "
+                              "per side (layout before detail; 1: off)", default=1)
+    latent_block_steps: float = _help("fraction of the steps during which latent_block applies, 0..1", default=0.5)
     seed: Optional[int] = _help("random seed (null: pick one and record it)", default=None)
     size: List[int] = _help("[width, height] in pixels; multiples of the VQGAN's downsampling factor",
                             default_factory=lambda: [256, 256])
@@ -355,9 +380,22 @@ def validate(cfg: GenerateConfig) -> None:
                           f"(mode={cfg.mode}); allowed: mode=image, or batch_size=1 and no batch_prompts")
     _check(cfg.optim.name.lower() in OPTIMIZERS, "optim.name", ", ".join(OPTIMIZERS), cfg.optim.name)
     _check(cfg.optim.lr > 0, "optim.lr", "a number > 0", cfg.optim.lr)
+    _check(cfg.optim.final_lr is None or cfg.optim.final_lr > 0, "optim.final_lr", "null or a number > 0",
+           cfg.optim.final_lr)
     _check(cfg.cutouts.cutn > 0, "cutouts.cutn", "a positive integer", cfg.cutouts.cutn)
     _check(cfg.cutouts.cut_pow > 0, "cutouts.cut_pow", "a number > 0", cfg.cutouts.cut_pow)
     _check(cfg.cutouts.noise >= 0, "cutouts.noise", "a number >= 0", cfg.cutouts.noise)
+    _check(0 <= cfg.cutouts.min_size <= 1, "cutouts.min_size", "a number in [0, 1]", cfg.cutouts.min_size)
+    _check(0 <= cfg.cutouts.whole <= 1, "cutouts.whole", "a number in [0, 1]", cfg.cutouts.whole)
+    _check(cfg.cutouts.blur >= 0, "cutouts.blur", "a number >= 0", cfg.cutouts.blur)
+    _check(0 <= cfg.cutouts.blur_steps <= 1, "cutouts.blur_steps", "a number in [0, 1]", cfg.cutouts.blur_steps)
+    _check(cfg.init in INITS, "init", ", ".join(INITS), cfg.init)
+    _check(cfg.losses.tones_k >= 1, "losses.tones_k", "an integer >= 1", cfg.losses.tones_k)
+    _check(cfg.latent_block >= 1, "latent_block", "an integer >= 1", cfg.latent_block)
+    _check(0 <= cfg.latent_block_steps <= 1, "latent_block_steps", "a number in [0, 1]", cfg.latent_block_steps)
+    from vqclip.losses import parse_color
+
+    parse_color(cfg.init_color, "init_color")
     unknown = [a for a in cfg.cutouts.augments if a not in AUGMENTS]
     _check(not unknown, "cutouts.augments", ", ".join(AUGMENTS), unknown[0] if unknown else None)
     _check(cfg.output.save_every >= 0, "output.save_every", "an integer >= 0", cfg.output.save_every)

@@ -8,6 +8,9 @@ CLIP's input they are sampled at k times the size and average-pooled, a cheap an
 
 `make_cutouts_loop` is the notebooks' per-cutout loop, kept behind `cutouts.batched=false` for the
 benchmark's baseline and for comparison. `build_augments(names)` turns config names into one kornia pipeline applied to the whole batch.
+
+`scheduled_blur` blurs the image CLIP sees early in a run (coarse to fine): while the blur is strong,
+only large regions of colour change what CLIP sees, so the composition forms before the detail.
 """
 from __future__ import annotations
 
@@ -22,21 +25,45 @@ MAX_SUPERSAMPLE = 4
 
 
 def sample_boxes(n: int, width: int, height: int, cut_size: int, cut_pow: float,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
-    """Random square boxes [n, 3] as (x0, y0, side) in pixels, sides following `cut_pow`."""
+                 device: torch.device | str = "cpu", min_size: float = 0.0, whole: float = 0.0) -> torch.Tensor:
+    """Random square boxes [n, 3] as (x0, y0, side) in pixels, sides following `cut_pow`.
+
+    Sides lie in [max(min(cut_size, S), min_size * S), S] for S the shorter image side; the first
+    round(whole * n) boxes are the largest centred square (the whole image when it is square).
+    """
     max_side = min(width, height)
-    min_side = min(width, height, cut_size)
+    min_side = max(min(max_side, cut_size), math.ceil(min_size * max_side))
     u = torch.rand(n, device=device)
     side = (u.pow(cut_pow) * (max_side - min_side) + min_side).floor().clamp(1, max_side)
     x0 = (torch.rand(n, device=device) * (width - side + 1)).floor()
     y0 = (torch.rand(n, device=device) * (height - side + 1)).floor()
+    n_whole = round(whole * n)
+    if n_whole:
+        side[:n_whole] = max_side
+        x0[:n_whole] = (width - max_side) // 2
+        y0[:n_whole] = (height - max_side) // 2
     return torch.stack([x0, y0, side], dim=1)
 
 
-def make_cutouts(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0) -> torch.Tensor:
-    """Images [B, C, H, W] -> cutouts [B * cutn, C, cut_size, cut_size], image-major order."""
+def cutout_boxes(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0,
+                 min_size: float = 0.0, whole: float = 0.0) -> torch.Tensor:
+    """Boxes [B, cutn, 3] for the images [B, C, H, W], as `sample_boxes` draws them, per image."""
+    b, _, h, w = images.shape
+    if whole:  # the whole views come first in each image's cutouts
+        return torch.stack([sample_boxes(cutn, w, h, cut_size, cut_pow, images.device, min_size, whole)
+                            for _ in range(b)])
+    return sample_boxes(b * cutn, w, h, cut_size, cut_pow, images.device, min_size).view(b, cutn, 3)
+
+
+def make_cutouts(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0,
+                 min_size: float = 0.0, whole: float = 0.0) -> torch.Tensor:
+    """Images [B, C, H, W] -> cutouts [B * cutn, C, cut_size, cut_size], image-major order.
+
+    `min_size` and `whole` are as in `sample_boxes`, per image (the first round(whole * cutn) cutouts
+    of each image are whole views).
+    """
     b, c, h, w = images.shape
-    boxes = sample_boxes(b * cutn, w, h, cut_size, cut_pow, images.device).view(b, cutn, 3)
+    boxes = cutout_boxes(images, cutn, cut_size, cut_pow, min_size, whole)
     k = int(min(MAX_SUPERSAMPLE, max(1, math.ceil(float(boxes[..., 2].max()) / (2 * cut_size)))))
     s = cut_size * k
     # Normalised sampling grid (align_corners=False): pixel centre i maps to (2i + 1) / n - 1.
@@ -51,13 +78,13 @@ def make_cutouts(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float 
     return F.avg_pool2d(out, k) if k > 1 else out
 
 
-def make_cutouts_loop(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0) -> torch.Tensor:
+def make_cutouts_loop(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0,
+                      min_size: float = 0.0, whole: float = 0.0) -> torch.Tensor:
     """The original notebooks' way (`cutouts.batched=false`): a Python loop, one crop and one
     antialiased bicubic resample per cutout. Same boxes and output layout as `make_cutouts`."""
-    b, _, h, w = images.shape
-    boxes = sample_boxes(b * cutn, w, h, cut_size, cut_pow, images.device).view(b, cutn, 3).long().tolist()
+    boxes = cutout_boxes(images, cutn, cut_size, cut_pow, min_size, whole).long().tolist()
     cuts = []
-    for i in range(b):
+    for i in range(images.shape[0]):
         for x0, y0, side in boxes[i]:
             crop = images[i:i + 1, :, y0:y0 + side, x0:x0 + side]
             cuts.append(F.interpolate(crop, size=(cut_size, cut_size), mode="bicubic", align_corners=False,
@@ -83,3 +110,23 @@ def build_augments(names: Sequence[str], cut_size: int, noise: float = 0.1) -> n
     if unknown:
         raise ValueError(f"unknown augment {unknown[0]!r}; allowed: {', '.join(table)}")
     return nn.Sequential(*(table[n]() for n in names))
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of images [B, C, H, W] with std `sigma` pixels (reflect padding)."""
+    radius = max(1, math.ceil(3 * sigma))
+    radius = min(radius, images.shape[-1] - 1, images.shape[-2] - 1)
+    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = images.shape[1]
+    out = F.pad(images, (radius, radius, 0, 0), mode="reflect")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.pad(out, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def scheduled_blur(images: torch.Tensor, sigma: float, step: int, until: float) -> torch.Tensor:
+    """Blur with std `sigma * (1 - step / until)` pixels, none from step `until` on (or below 0.3 px)."""
+    s = sigma * (1 - step / until) if until > 0 else 0.0
+    return gaussian_blur(images, s) if s >= 0.3 else images

@@ -22,17 +22,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vqclip.blocks import block_mean, block_tokens, check_block
 from vqclip.config import GenerateConfig, batch_count, validate
-from vqclip.cutouts import build_augments, make_cutouts, make_cutouts_loop
+from vqclip.cutouts import build_augments, make_cutouts, make_cutouts_loop, scheduled_blur
 from vqclip.ensemble import build_guides, load_extra_clips
 from vqclip.errors import ConfigError, NumericalError
 from vqclip.images import load_image_tensor, open_image, to_pil
-from vqclip.losses import image_loss_terms
+from vqclip.losses import image_loss_terms, parse_color, total_variation
 from vqclip.models.clip import ClipModel, load_clip
 from vqclip.models.vqgan import VQGAN, load_vqgan
 from vqclip.ops import clamp_with_grad, vector_quantize
 from vqclip.perf import autocast, configure_models, resolve_precision, wants_checkpointing
 from vqclip.prompts import Target, split_prompts
+from vqclip.starts import start_image
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,8 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
     check_size(cfg.size, 2 ** (len(ddconfig["ch_mult"]) - 1))  # size checks before any weights load
     check_memory(cfg, ddconfig, device, batch=batch_count(cfg),
                  checkpointing=wants_checkpointing(cfg.grad_checkpointing, cfg.size))
-    encoder = bool(cfg.init_image) or cfg.mode in ("zoom", "restyle")  # these modes re-encode frames
+    # init images and made starts are encoded; zoom and restyle re-encode frames
+    encoder = bool(cfg.init_image) or cfg.init != "random" or cfg.mode in ("zoom", "restyle")
     vqgan = load_vqgan(config_path, ckpt_path, with_encoder=encoder, device=device, attention=cfg.attention)
     clip = load_clip(cfg.clip.model, cfg.clip.pretrained, device=device, cache_dir=clip_cache_dir(cfg.cache_dir))
     return Models(vqgan, clip, load_extra_clips(cfg, device, clip_cache_dir(cfg.cache_dir)))
@@ -152,7 +155,8 @@ def embed_cutouts(clip: ClipModel, augment: torch.nn.Module, images: torch.Tenso
     """
     cut = make_cutouts if cfg.cutouts.batched else make_cutouts_loop
     with timer("cutouts"):
-        cuts = augment(cut(images, cfg.cutouts.cutn, clip.input_size, cfg.cutouts.cut_pow))
+        cuts = augment(cut(images, cfg.cutouts.cutn, clip.input_size, cfg.cutouts.cut_pow, cfg.cutouts.min_size,
+                           cfg.cutouts.whole))
     with timer("clip"), autocast(images.device, resolve_precision(cfg.precision, images.device)):
         embeds = clip.encode_image(cuts)
     return embeds.float().view(images.shape[0], cfg.cutouts.cutn, -1)
@@ -179,14 +183,20 @@ def build_targets(cfg: GenerateConfig, models: Models, augment: torch.nn.Module,
 
 
 def initial_latent(cfg: GenerateConfig, vqgan: VQGAN, device: torch.device, batch: int = 1) -> torch.Tensor:
-    """Random codebook tokens, or the VQGAN encoding of `init_image`: [batch, D, H/f, W/f]."""
+    """Random codebook tokens, or the VQGAN encoding of `init_image` or of the `init` starting image
+    (vqclip.starts): [batch, D, H/f, W/f]."""
     w, h = cfg.size
     f = vqgan.factor
-    if cfg.init_image:
-        image = load_image_tensor(cfg.init_image, (w, h), "init image").to(device)
+    if cfg.init_image or cfg.init != "random":
+        if cfg.init_image:
+            image = load_image_tensor(cfg.init_image, (w, h), "init image").repeat(batch, 1, 1, 1)
+        else:  # one made start per image, so a batch of smooth starts differs
+            color = parse_color(cfg.init_color, "init_color")
+            image = torch.cat([start_image(cfg.init, w, h, color) for _ in range(batch)])
         with torch.no_grad():
-            return vqgan.encode(image).repeat(batch, 1, 1, 1)
-    tokens = torch.randint(vqgan.n_embed, (batch, h // f, w // f), device=device)
+            return vqgan.encode(image.to(device))
+    check_block(cfg.latent_block, (h // f, w // f))
+    tokens = block_tokens(vqgan.n_embed, batch, h // f, w // f, cfg.latent_block, device)
     return vqgan.codebook[tokens].permute(0, 3, 1, 2).contiguous()
 
 
@@ -195,6 +205,12 @@ def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> torc
     table = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
              "adamax": torch.optim.Adamax, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
     return table[name.lower()](params, lr=lr)
+
+
+def cosine_lr(lr: float, final_lr: float, step: int, steps: int) -> float:
+    """Learning rate at `step` of `steps`: `lr` at the first, `final_lr` at the last, cosine between."""
+    t = min(1.0, step / max(1, steps - 1))
+    return final_lr + (lr - final_lr) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 class Run:
@@ -222,20 +238,26 @@ class Run:
         self.image_losses: List[float] = []  # the last step's loss of each image
         self.faults = 0  # NaN/inf faults so far: the first lowers the lr, the second stops the run
         self._good: Optional[tuple] = None  # (z, optimiser state, step) that last gave a finite loss
+        self.lr_scale = 1.0  # halved by a numerical fault
 
     def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
         """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt and CLIP
         model (+ init, + the extra image losses)."""
         terms = []
+        cut = self.config.cutouts  # CLIP may see the image blurred early on (coarse to fine)
+        seen = scheduled_blur(image, cut.blur, self.step_index, cut.blur_steps * self.config.steps) \
+            if cut.blur else image
         if self.config.clip.weight:  # 0 only with clip.extra: then this model is not run at all
-            embeds = embed_cutouts(self.models.clip, self.augment, image, self.config, self.timer)
+            embeds = embed_cutouts(self.models.clip, self.augment, seen, self.config, self.timer)
             terms = [t(embeds) * self.config.clip.weight for t in self.targets]
         for guide in self.guides:
-            terms += guide.terms(image, self.config)
+            terms += guide.terms(seen, self.config)
         if self.config.init_weight:
             mse = F.mse_loss(self.z, self.z_start, reduction="none").flatten(1).mean(1)
             terms.append(mse * (self.config.init_weight / 2))
         terms += image_loss_terms(image, self.config.losses)
+        if self.config.losses.latent_tv:
+            terms.append(self.config.losses.latent_tv * total_variation(self.z))
         return terms
 
     def step(self) -> Dict[str, Any]:
@@ -258,6 +280,12 @@ class Run:
         self._good = before  # this latent gave a finite loss
         with self.timer("backward"):
             loss.backward()
+        if self.config.latent_block > 1 and self.step_index < self.config.latent_block_steps * self.config.steps:
+            self.z.grad = block_mean(self.z.grad, self.config.latent_block)  # layout first (vqclip.blocks)
+        optim = self.config.optim
+        if optim.final_lr is not None:
+            for group in self.opt.param_groups:
+                group["lr"] = cosine_lr(optim.lr, optim.final_lr, self.step_index, self.config.steps) * self.lr_scale
         with self.timer("optimizer"):
             self.opt.step()
             with torch.no_grad():
@@ -287,6 +315,7 @@ class Run:
         if self.faults > 1 or self._good is None:
             raise NumericalError(f"step {step}: {what} (fault {self.faults}, learning rate {lr:g}); stopped with "
                                  f"the last good latent, from step {self.step_index}; try a lower optim.lr")
+        self.lr_scale /= 2  # also scales a cosine schedule (optim.final_lr) from here on
         for group in self.opt.param_groups:
             group["lr"] = group["lr"] / 2
         log.warning("step %d: %s; went back to step %d, the last with a finite loss, and halved the learning "

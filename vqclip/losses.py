@@ -5,7 +5,9 @@ Every loss is a pure function `image [B, 3, H, W] in [0, 1] -> [B]`, zero at its
 - `total_variation`: mean absolute difference of neighbouring pixels (0 for a flat image);
 - `symmetry`: mean squared difference to the left-right mirror image (0 for a mirror-symmetric one);
 - `saturation`: squared distance of the mean HSV saturation to a target in [0, 1];
-- `palette`: mean squared distance of every pixel to its nearest palette colour.
+- `palette`: mean squared distance of every pixel to its nearest palette colour;
+- `tones`: mean squared distance of every pixel to the nearest of the image's own k dominant colours
+  (a few k-means steps, the colours held fixed): few flat colours instead of many.
 
 `image_loss_terms` turns the `losses` config section into weighted terms for `Run.loss_terms`.
 """
@@ -15,6 +17,7 @@ import re
 from typing import TYPE_CHECKING, List, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from vqclip.errors import ConfigError
 
@@ -51,6 +54,36 @@ def palette(image: torch.Tensor, colors: torch.Tensor) -> torch.Tensor:
     return d.min(dim=2).values.mean(1)
 
 
+def dominant_colors(image: torch.Tensor, k: int, iters: int = 6) -> torch.Tensor:
+    """The k dominant colours [B, k, 3] of each image by k-means (farthest-point start), no gradient."""
+    with torch.no_grad():
+        pixels = image.flatten(2).transpose(1, 2)  # [B, HW, 3]
+        idx = torch.arange(len(pixels))
+        centers = [pixels[idx, (pixels - pixels.mean(1, keepdim=True)).pow(2).sum(-1).argmax(1)]]
+        for _ in range(k - 1):  # farthest-point initialisation: deterministic and spread out
+            d = torch.stack([(pixels - c[:, None]).pow(2).sum(-1) for c in centers]).min(0).values
+            centers.append(pixels[idx, d.argmax(1)])
+        c = torch.stack(centers, 1)  # [B, k, 3]
+        for _ in range(iters):
+            assign = torch.cdist(pixels, c).argmin(-1)  # [B, HW]
+            onehot = F.one_hot(assign, k).to(pixels.dtype)  # [B, HW, k]
+            counts = onehot.sum(1)[..., None]  # [B, k, 1]
+            c = torch.where(counts > 0, onehot.transpose(1, 2) @ pixels / counts.clamp(min=1), c)
+        return c
+
+
+def tones(image: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over pixels of the squared RGB distance to the nearest of the image's k dominant colours."""
+    return palette_distance(image, dominant_colors(image, k))
+
+
+def palette_distance(image: torch.Tensor, colors: torch.Tensor) -> torch.Tensor:
+    """Like `palette`, with per-image colours [B, K, 3]."""
+    pixels = image.flatten(2).transpose(1, 2)  # [B, HW, 3]
+    d = (pixels.unsqueeze(2) - colors.to(image).unsqueeze(1)).pow(2).sum(-1)  # [B, HW, K]
+    return d.min(dim=2).values.mean(1)
+
+
 def parse_color(spec: str, key: str = "color") -> tuple[float, float, float]:
     """"#rrggbb" -> (r, g, b) in [0, 1]; ConfigError naming `key` otherwise."""
     m = _HEX.match(str(spec).strip())
@@ -77,4 +110,6 @@ def image_loss_terms(image: torch.Tensor, cfg: "LossesConfig") -> List[torch.Ten
         terms.append(cfg.saturation * saturation(image, cfg.saturation_target))
     if cfg.palette:
         terms.append(cfg.palette * palette(image, palette_tensor(cfg.palette_colors)))
+    if cfg.tones:
+        terms.append(cfg.tones * tones(image, cfg.tones_k))
     return terms

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from vqclip.config import GenerateConfig
+from vqclip.config import GenerateConfig, to_yaml
 from vqclip.shapes.evaluate import read_image
 from vqclip.shapes.world import HELD_OUT, Scene, all_scenes, train_scenes
 
@@ -77,7 +77,8 @@ def run_benchmark(config: GenerateConfig, seeds: Sequence[int], n_seen: int = 16
 
     models = load_models(config, progress=progress)
     report = Report(config={"steps": config.steps, "size": list(config.size), "cutn": config.cutouts.cutn,
-                            "lr": config.optim.lr, "seeds": list(seeds), "n_seen": n_seen})
+                            "lr": config.optim.lr, "seeds": list(seeds), "n_seen": n_seen,
+                            "yaml": to_yaml(replace(config, prompts=[], seed=None))})
     for split, scenes in eval_scenes(n_seen).items():
         for scene in scenes:
             for seed in seeds:
@@ -95,6 +96,11 @@ def run_benchmark(config: GenerateConfig, seeds: Sequence[int], n_seen: int = 16
                 sample = Sample(split, scene.caption, seed, reading.caption, reading.correct(scene), seconds, path)
                 report.samples.append(sample)
                 log.info("%-45s seed %d -> %s (%.1fs)", scene.caption, seed, reading.caption, seconds)
+    return score(report)
+
+
+def score(report: Report) -> Report:
+    """Fill in the success rates, per-attribute rates and seconds per image from the samples."""
     for split in ("seen", "held_out", "all"):
         chosen = [s for s in report.samples if split == "all" or s.split == split]
         report.success[split] = sum(all(s.correct.values()) for s in chosen) / max(1, len(chosen))
@@ -102,6 +108,19 @@ def run_benchmark(config: GenerateConfig, seeds: Sequence[int], n_seen: int = 16
                                        for k in ("color", "shape", "background")}
     report.seconds_per_image = sum(s.seconds for s in report.samples) / max(1, len(report.samples))
     return report
+
+
+def merge_reports(texts: Sequence[str]) -> Report:
+    """One report from several `Report.to_json` texts of the same config (e.g. one run per seed)."""
+    parts = [json.loads(t) for t in texts]
+    config = dict(parts[0]["config"])
+    config["seeds"] = sorted({seed for p in parts for seed in p["config"]["seeds"]})
+    for p in parts[1:]:
+        if {k: v for k, v in p["config"].items() if k != "seeds"} != {k: v for k, v in config.items() if k != "seeds"}:
+            raise ValueError("cannot merge reports of different configs")
+    report = Report(config=config, samples=[Sample(**s) for p in parts for s in p["samples"]])
+    report.samples.sort(key=lambda s: (s.split != "seen", s.caption, s.seed))
+    return score(report)
 
 
 def example_grid(samples: Sequence[Sample], columns: int = 8, cell: int = 128):

@@ -1,0 +1,153 @@
+"""Method options: starting images (`init`), cutout sizes (`cutouts.min_size`), whole views (`cutouts.whole`)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqclip import generate, load_config, load_models
+from vqclip.cutouts import gaussian_blur, make_cutouts, sample_boxes, scheduled_blur
+from vqclip.errors import ConfigError
+from vqclip.generate import cosine_lr, initial_latent
+from vqclip.starts import flat_image, smooth_image, start_image
+
+
+def test_flat_start_is_one_colour():
+    img = flat_image((0.2, 0.4, 0.6), 24, 16)
+    assert img.shape == (1, 3, 16, 24)
+    assert torch.equal(img[0, :, 7, 5], torch.tensor([0.2, 0.4, 0.6])) and float(img.std((2, 3)).max()) == 0
+
+
+def test_smooth_start_is_low_frequency_and_seeded():
+    a = smooth_image(64, 48, cells=4, generator=torch.Generator().manual_seed(3))
+    b = smooth_image(64, 48, cells=4, generator=torch.Generator().manual_seed(3))
+    c = smooth_image(64, 48, cells=4, generator=torch.Generator().manual_seed(4))
+    assert a.shape == (1, 3, 48, 64) and torch.equal(a, b) and not torch.equal(a, c)
+    assert float(a.min()) >= 0.25 - 1e-3 and float(a.max()) <= 0.75 + 1e-3  # 0.5 +- amount / 2
+    assert float(a.std()) > 0.03  # not flat...
+    assert float((a[..., 1:] - a[..., :-1]).abs().max()) < 0.05  # ...but no pixel-scale texture
+
+
+def test_initial_latent_encodes_the_start_image(tiny_overrides):
+    cfg = load_config([], tiny_overrides + ["init=flat", "init_color='#3366cc'"])
+    models = load_models(cfg)
+    assert models.vqgan.encoder is not None  # init=flat needs the encoder, and load_models knows it
+    z = initial_latent(cfg, models.vqgan, torch.device("cpu"))
+    expected = models.vqgan.encode(start_image("flat", 64, 64, (0x33 / 255, 0x66 / 255, 0xCC / 255)))
+    assert torch.allclose(z, expected)
+    random_cfg = load_config([], tiny_overrides)
+    assert load_models(random_cfg).vqgan.encoder is None  # the default still skips the encoder
+
+
+def test_cutout_min_size_bounds_the_sides():
+    torch.manual_seed(0)
+    sides = sample_boxes(500, 128, 96, 32, 1.0, min_size=0.6)[:, 2]
+    assert int(sides.min()) >= 58 and int(sides.max()) <= 96  # ceil(0.6 * 96) = 58
+    assert int(sides.min()) < 62 and int(sides.max()) > 92  # and the whole range is used
+    default = sample_boxes(500, 128, 96, 32, 1.0)[:, 2]
+    assert int(default.min()) < 40  # min_size=0: CLIP's input size is the floor, as before
+
+
+def test_whole_share_is_whole_views():
+    torch.manual_seed(0)
+    boxes = sample_boxes(8, 40, 30, 16, 1.0, whole=0.25)
+    assert boxes[:2].tolist() == [[5.0, 0.0, 30.0]] * 2  # the largest centred square
+    assert not (boxes[2:, 2] == 30).all()
+    image = torch.rand(2, 3, 64, 64)
+    cuts = make_cutouts(image, cutn=4, cut_size=32, whole=0.5)
+    assert cuts.shape == (8, 3, 32, 32)
+    whole = F.avg_pool2d(image, 2)  # a whole 64-pixel view at 32 pixels is the 2x2 mean
+    for i in range(2):
+        assert torch.allclose(cuts[4 * i], whole[i], atol=1e-5) and torch.allclose(cuts[4 * i + 1], whole[i], atol=1e-5)
+        assert not torch.allclose(cuts[4 * i + 2], whole[i], atol=1e-3)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("init=noise", "'init'.*random, flat, smooth"),
+    ("init_color=red", "'init_color'.*#rrggbb"),
+    ("cutouts.min_size=1.5", "'cutouts.min_size'.*\\[0, 1\\]"),
+    ("cutouts.whole=-0.1", "'cutouts.whole'.*\\[0, 1\\]"),
+    ("cutouts.blur=-1", "'cutouts.blur'.*>= 0"),
+    ("cutouts.blur_steps=2", "'cutouts.blur_steps'.*\\[0, 1\\]"),
+])
+def test_bad_method_values(override, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config([], [override])
+
+
+def test_scheduled_blur_is_coarse_to_fine():
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 32, 32)
+    first = scheduled_blur(image, 4.0, step=0, until=50)
+    assert torch.allclose(first, gaussian_blur(image, 4.0))
+    assert torch.allclose(first.mean(), image.mean(), atol=1e-3)  # a blur moves no colour in or out
+    assert float(first.std()) < 0.3 * float(image.std())  # pixel noise is gone
+    half = scheduled_blur(image, 4.0, step=25, until=50)
+    assert torch.allclose(half, gaussian_blur(image, 2.0))
+    assert scheduled_blur(image, 4.0, step=50, until=50) is image
+    assert scheduled_blur(image, 4.0, step=3, until=0) is image
+
+
+def test_cosine_learning_rate_schedule(tiny_overrides):
+    assert cosine_lr(0.2, 0.02, 0, 11) == pytest.approx(0.2) and cosine_lr(0.2, 0.02, 10, 11) == pytest.approx(0.02)
+    assert cosine_lr(0.2, 0.02, 5, 11) == pytest.approx(0.11)
+    cfg = load_config([], tiny_overrides + ["optim.lr=0.2", "optim.final_lr=0.02", "steps=3"], prompts=["x"])
+    seen = []
+    generate(cfg, save=False, progress=False, setup=lambda run: seen.append(run),
+             callbacks=[lambda info: seen.append(seen[0].opt.param_groups[0]["lr"])])
+    assert seen[1:4] == pytest.approx([0.2, 0.11, 0.02]) and seen[4] == pytest.approx(0.02)
+
+
+def test_latent_blocks_move_together_then_apart(tiny_overrides):
+    from vqclip.blocks import block_mean, block_tokens
+
+    tokens = block_tokens(512, 2, 8, 8, 4)
+    assert tokens.shape == (2, 8, 8) and torch.equal(tokens, tokens[:, ::4, ::4].repeat_interleave(4, 1).repeat_interleave(4, 2))
+    g = torch.randn(1, 3, 8, 8)
+    pooled = block_mean(g, 2)
+    assert torch.allclose(pooled[..., ::2, ::2], F.avg_pool2d(g, 2)) and torch.equal(pooled[..., 0, 0], pooled[..., 1, 1])
+    cfg = load_config([], tiny_overrides + ["latent_block=2", "latent_block_steps=0.5", "steps=6",
+                                            "optim.lr=0.5"], prompts=["a red car"])
+    zs = []
+    generate(cfg, save=False, progress=False, callbacks=[lambda info: zs.append(info["z"].clone())])
+    blocky = [bool(torch.equal(z, z[..., ::2, ::2].repeat_interleave(2, 2).repeat_interleave(2, 3))) for z in zs]
+    assert blocky[:3] == [True, True, True]  # steps 0-2 of 6: blocks of 2x2 tokens
+    assert not blocky[-1]  # afterwards single tokens move
+
+
+def test_latent_block_must_divide_the_grid(tiny_overrides):
+    cfg = load_config([], tiny_overrides + ["latent_block=3"], prompts=["x"])
+    with pytest.raises(ConfigError, match="'latent_block'.*divisor"):
+        generate(cfg, save=False, progress=False)
+    with pytest.raises(ConfigError, match="'latent_block'"):
+        load_config([], ["latent_block=0"])
+
+
+def test_tones_loss_is_zero_for_k_flat_colours():
+    from vqclip.losses import dominant_colors, tones
+
+    two = torch.zeros(1, 3, 16, 16)
+    two[:, 0, :, :6] = 1.0  # red left, black right
+    assert float(tones(two, 2)) == pytest.approx(0.0, abs=1e-7)
+    found = dominant_colors(two, 2)[0].tolist()
+    assert sorted(found) == [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    three = two.clone()
+    three[:, 2, 12:, 6:] = 1.0  # a blue corner: a third colour costs
+    assert float(tones(three, 2)) > 0.05 and float(tones(three, 3)) == pytest.approx(0.0, abs=1e-7)
+    noisy = torch.rand(1, 3, 16, 16, requires_grad=True)
+    tones(noisy, 2).sum().backward()
+    assert noisy.grad.abs().sum() > 0
+
+
+def test_channels_last_config_puts_the_decoder_in_nhwc_and_keeps_the_images(tiny_overrides):
+    def first_image(layout, models):
+        seen = []
+        cfg = load_config([], tiny_overrides + ["steps=1", f"channels_last={layout}"], prompts=["a red car"])
+        generate(cfg, models=models, save=False, progress=False, callbacks=[lambda info: seen.append(info["image"])])
+        return seen[0]  # the decoded starting latent, before any update
+
+    models = load_models(load_config([], tiny_overrides))
+    conv = next(m for m in models.vqgan.decoder.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    nhwc = first_image("true", models)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # the run applied it
+    plain = first_image("false", models)
+    assert conv.weight.is_contiguous()  # and the next run, asking for the default layout, undid it
+    torch.testing.assert_close(nhwc, plain, atol=1e-5, rtol=1e-4)  # only the memory layout differs
