@@ -12,11 +12,9 @@ from pathlib import Path
 import torch
 import yaml
 
-TINY_DDCONFIG = {"double_z": False, "z_channels": 16, "resolution": 64, "in_channels": 3, "out_ch": 3,
-                 "ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [16], "dropout": 0.0}
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+from vqclip.benchmark import TINY_CLIP, TINY_VQGAN  # one definition of the tiny architectures
+
+TINY_DDCONFIG = TINY_VQGAN["ddconfig"]
 
 
 def write_vqgan(folder: Path, *, gumbel: bool = False, seed: int = 0, n_embed: int = 64, embed_dim: int = 16) -> tuple[Path, Path]:

@@ -40,7 +40,7 @@ IMAGENET_F16_16384 = {
                  "dropout": 0.0},
 }
 CLIP_NAME = "ViT-B-32-quickgelu"  # the architecture of OpenAI's ViT-B/32 weights
-# A tiny pair for tests of the harness itself (decoder ch 32, open_clip ViT of width 64).
+# The tiny pair the tests build their fixture files from (decoder ch 32, open_clip ViT of width 64).
 TINY_VQGAN = {"embed_dim": 16, "n_embed": 64,
               "ddconfig": {"double_z": False, "z_channels": 16, "resolution": 64, "in_channels": 3, "out_ch": 3,
                            "ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [16],
