@@ -1,4 +1,5 @@
 """Every bad input through the command line: one line on stderr, exit code 2, nothing or only complete files written."""
+import contextlib
 import os
 import re
 import resource
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -165,31 +167,31 @@ def test_output_folder_that_cannot_be_written(tiny_overrides, tmp_path, capsys):
     assert blocker.read_text() == "not a folder"
 
 
-def _mount_tmpfs(path: Path, options: str) -> bool:
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str, why_skip: str) -> Iterator[Path]:
+    """A small tmpfs mounted at `path` for the block (unmounted after); skip the test where it cannot be."""
     path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip(why_skip)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
 
 
 def test_read_only_output_folder(tiny_overrides, tmp_path, capsys):
-    ro = tmp_path / "ro"
-    if not _mount_tmpfs(ro, "ro,size=64k"):
-        pytest.skip("cannot mount a read-only tmpfs here (needs root); the not-a-folder case covers the rest")
-    try:
+    with _tmpfs(tmp_path / "ro", "ro,size=64k",
+                "cannot mount a read-only tmpfs here (needs root); the not-a-folder case covers the rest") as ro:
         args = [o for o in tiny_overrides if not o.startswith("output.dir")]
         assert main(["x", *args, f"output.dir={ro / 'runs'}"]) == 2
         _one_error(capsys, "cannot create output folder .*Read-only file system")
-    finally:
-        subprocess.run(["umount", str(ro)], check=False)
 
 
 def test_full_disk_on_a_small_tmpfs(tiny_overrides, tmp_path, capsys):
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "size=200k"):
-        pytest.skip("cannot mount a tmpfs here (needs root); test_file_size_limit covers a failing write")
-    try:
+    with _tmpfs(tmp_path / "disk", "size=200k",
+                "cannot mount a tmpfs here (needs root); test_file_size_limit covers a failing write") as disk:
         base = [o for o in tiny_overrides if not o.startswith("output.dir")]
         code = main(["x", *base, f"output.dir={disk}", "steps=400", "output.save_every=1", "output.video=true", "-q"])
         assert code == 2
@@ -198,18 +200,13 @@ def test_full_disk_on_a_small_tmpfs(tiny_overrides, tmp_path, capsys):
         files = _complete_files_only(disk)
         assert any(p.name == "config.yaml" for p in files) and any(p.suffix == ".png" for p in files)
         assert not any(p.suffix == ".mp4" for p in files)  # the unfinished video was removed, not left broken
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_full_disk_while_encoding_the_video(tmp_path):
     from vqclip.errors import OutputError
     from vqclip.outputs import VideoWriter
 
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "size=64k"):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with _tmpfs(tmp_path / "disk", "size=64k", "cannot mount a tmpfs here (needs root)") as disk:
         writer = VideoWriter(disk / "progress.mp4", fps=30)
         noise = np.random.default_rng(0)  # noise does not compress: the disk fills within a few dozen frames
         with pytest.raises(OutputError, match=r"cannot write .*progress\.mp4: no space left on the device"):
@@ -217,8 +214,6 @@ def test_full_disk_while_encoding_the_video(tmp_path):
                 writer.append(noise.integers(0, 255, (64, 64, 3), np.uint8))
             writer.close()
         assert list(disk.iterdir()) == []  # no partial video left behind
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
 
 
 def _limit_file_size():
