@@ -3,6 +3,7 @@
 
     python scripts/eval_shapes.py [--config configs/shapes.yaml] [--seeds 0 1 2] [key=value ...]
     python scripts/eval_shapes.py --merge seed0.json seed1.json seed2.json --json eval.json
+    python scripts/eval_shapes.py --oracle --seeds 0    # the same optimisation, guided by pixels not CLIP
 
 Prints a markdown table and writes JSON (--json) and an example grid (--grid). --merge combines
 reports of separate runs (e.g. one process per seed) into one. A thin wrapper over
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from vqclip.config import load_config
 from vqclip.errors import VQClipError
-from vqclip.shapes.quality import example_grid, merge_reports, run_benchmark
+from vqclip.shapes.quality import example_grid, merge_reports, oracle_report, run_benchmark
 
 
 def main() -> int:
@@ -28,6 +29,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--grid", type=Path, default=None, help="write a grid of example outputs here")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="merge these JSON reports instead of running")
+    parser.add_argument("--oracle", action="store_true",
+                        help="replace the CLIP by the pixel distance to a drawing of each caption "
+                             "(vqclip.shapes.oracle): what the optimisation itself can reach")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
@@ -41,6 +45,8 @@ def main() -> int:
             report = merge_reports([p.read_text() for p in args.merge])
             return _print(report, args.json)
         cfg = load_config(args.config or ["configs/shapes.yaml"], args.overrides)
+        if args.oracle:
+            return _print(oracle_report(cfg, args.seeds, args.n_seen), args.json)
         with tempfile.TemporaryDirectory() as tmp:
             report = run_benchmark(cfg, args.seeds, args.n_seen, image_dir=Path(tmp), progress=False)
             if args.grid:

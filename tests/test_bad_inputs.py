@@ -142,7 +142,7 @@ def test_memory_estimate_suggests_a_size_that_fits():
     from vqclip.memory import check_memory, cutout_bytes, decoder_bytes
 
     cfg = load_config([], ["size=[1024,1024]", "cutouts.cutn=8"])
-    free = decoder_bytes(TINY_DDCONFIG, [256, 256]) + cutout_bytes(8)
+    free = decoder_bytes(TINY_DDCONFIG, [256, 256]) + cutout_bytes(8, size=(256, 256))
     with pytest.raises(ConfigError, match=r"size=\[(\d+), \d+\]") as exc:
         check_memory(cfg, TINY_DDCONFIG, torch.device("cpu"), free=free)
     side = int(re.search(r"size=\[(\d+),", str(exc.value)).group(1))
@@ -232,3 +232,11 @@ def test_file_size_limit(tiny_overrides, tmp_path):
     assert re.search(r"vqclip: error: cannot write .*state\.pt: the file is larger than this process may write", err[0])
     files = _complete_files_only(out)
     assert {p.name for p in files} >= {"config.yaml", "image.png", "000000.png", "000005.png"}
+
+
+def test_cutout_memory_estimate_counts_the_resampler_at_the_image_size():
+    from vqclip.memory import cutout_bytes
+
+    small, large = cutout_bytes(32, size=(256, 256)), cutout_bytes(32, size=(1024, 1024))
+    assert large > small > cutout_bytes(32)
+    assert cutout_bytes(32, size=(256, 256), batch=2) == 2 * small

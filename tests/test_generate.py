@@ -111,18 +111,27 @@ def test_no_prompt_is_an_error(tiny_overrides):
         generate(load_config([], tiny_overrides), progress=False)
 
 
-def test_batched_cutouts_match_direct_crops():
+@pytest.mark.parametrize("h, w, cut_size", [(30, 32, 16), (30, 32, 6), (96, 128, 12)])
+def test_batched_cutouts_match_direct_crops(h, w, cut_size):
+    """Each batched cutout equals its box cropped and resized alone with antialiased bicubic
+    interpolation, for mild and for large (up to 8x) downscales, and so does the gradient."""
     torch.manual_seed(0)
-    image = torch.rand(2, 3, 30, 32)  # crops up to 2x CLIP's side: one bilinear resample, no supersampling
+    image = torch.rand(2, 3, h, w, requires_grad=True)
     torch.manual_seed(1)
-    cuts = make_cutouts(image, cutn=5, cut_size=16, cut_pow=1.0)
-    assert cuts.shape == (10, 3, 16, 16)
-    # Replaying the same RNG, each cutout equals its box cropped and resized on its own.
+    cuts = make_cutouts(image, cutn=5, cut_size=cut_size, cut_pow=1.0)
+    assert cuts.shape == (10, 3, cut_size, cut_size)
     from vqclip.cutouts import sample_boxes
     torch.manual_seed(1)
-    boxes = sample_boxes(10, 32, 30, 16, 1.0).long()
+    boxes = sample_boxes(10, w, h, cut_size, 1.0).long()
+    refs = []
     for i, (x0, y0, side) in enumerate(boxes.tolist()):
         crop = image[i // 5: i // 5 + 1, :, y0:y0 + side, x0:x0 + side]
-        ref = torch.nn.functional.interpolate(crop, size=(16, 16), mode="bilinear", align_corners=False)
-        torch.testing.assert_close(cuts[i:i + 1], ref, atol=1e-5, rtol=0)
+        refs.append(torch.nn.functional.interpolate(crop, size=(cut_size, cut_size), mode="bicubic",
+                                                    align_corners=False, antialias=True))
+    ref = torch.cat(refs)
+    torch.testing.assert_close(cuts, ref, atol=1e-5, rtol=0)
+    weights = torch.rand_like(ref)
+    grad, = torch.autograd.grad((cuts * weights).sum(), image)
+    ref_grad, = torch.autograd.grad((ref * weights).sum(), image)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=0)
     assert len(set(boxes[:, 2].tolist())) > 1  # sizes really vary

@@ -111,7 +111,7 @@ def test_quick_training_writes_loadable_files_in_the_published_formats(tmp_path)
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes.py"
     main = runpy.run_path(str(script), run_name="train_shapes")["main"]
-    assert main(["--quick", "--out", str(tmp_path), "--clip-name", "shapes-clip-quick-test"]) == 0
+    assert main(["--quick", "--harden", "--out", str(tmp_path), "--clip-name", "shapes-clip-quick-test"]) == 0
 
     # VQGAN: taming YAML + Lightning-style checkpoint under VQModel's key names.
     spec = yaml.safe_load((tmp_path / "vqgan.yaml").read_text())["model"]
@@ -142,3 +142,53 @@ def test_quick_training_writes_loadable_files_in_the_published_formats(tmp_path)
 
     report = json.loads((tmp_path / "training.json").read_text())
     assert report["metrics"]["vqgan"]["steps"] == 4 and report["metrics"]["clip"]["steps"] == 4
+    # Hardening ran after both: the generator made 2 images, each kept at step 1 and at the end.
+    hardened = report["metrics"]["harden"]
+    assert hardened["round1_made"] == 4
+    assert hardened["round1_negatives"] + hardened["round1_read_as_a_scene"] == 4
+    assert set(report["wall_seconds"]) == {"vqgan+clip", "harden"}
+
+    # Hardening again on its own changes the CLIP's weights, keeps it loadable and keeps the
+    # record of how the models it started from were trained.
+    before = torch.load(weights, weights_only=True)
+    assert main(["--quick", "--out", str(tmp_path), "--clip-name", "shapes-clip-quick-test", "--only", "harden"]) == 0
+    after = torch.load(weights, weights_only=True)
+    assert set(after) == set(before)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    open_clip.create_model("shapes-clip-quick-test", pretrained=str(weights))
+    report = json.loads((tmp_path / "training.json").read_text())
+    assert report["metrics"]["vqgan"]["steps"] == 4 and "harden" in report["metrics"]
+
+
+def test_train_script_refuses_contradictory_hardening_flags(tmp_path, capsys):
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes.py"
+    main = runpy.run_path(str(script), run_name="train_shapes")["main"]
+    for argv, message in ((["--harden-rounds", "0"], "--harden-rounds must be at least 1, got 0"),
+                          (["--harden", "--only", "clip"], "--harden needs both models")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--quick", "--out", str(tmp_path)] + argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_hardening_needs_both_trained_models(tmp_path):
+    from vqclip.shapes.harden import harden_clip, quick_harden_config
+    from vqclip.shapes.train import quick_configs
+
+    with pytest.raises(FileNotFoundError, match="hardening needs the trained models; missing .*shapes-clip.json"):
+        harden_clip(tmp_path, quick_configs()[1], quick_harden_config())
+
+
+@pytest.mark.parametrize("field, value, message", [("negatives", 0, "negatives must be at least 1, got 0"),
+                                                   ("generated_share", 1.5, "generated_share must be in 0..1"),
+                                                   ("margin", -0.1, "margin must be 0 or more")])
+def test_bad_hardening_settings_name_the_field(tmp_path, field, value, message):
+    import dataclasses
+
+    from vqclip.shapes.harden import harden_clip, quick_harden_config
+    from vqclip.shapes.train import quick_configs
+
+    with pytest.raises(ValueError, match=message):
+        harden_clip(tmp_path, quick_configs()[1], dataclasses.replace(quick_harden_config(), **{field: value}))

@@ -33,3 +33,27 @@ def test_benchmark_report(tiny_overrides, tmp_path, monkeypatch):
     merged = merge_reports([report.to_json(), other.to_json()])
     assert merged.config["seeds"] == [0, 1] and len(merged.samples) == 6
     assert merged.success["all"] == sum(all(s.correct.values()) for s in merged.samples) / 6
+
+
+def test_pixel_oracle_optimises_towards_the_drawings():
+    """The oracle runs the generator's optimisation on the shipped demo VQGAN with a pixel guide:
+    in a few steps the pixel loss of every image must drop well below where random tokens start."""
+    from vqclip.shapes.oracle import pixel_oracle
+
+    cfg = load_config(["configs/shapes.yaml"], ["steps=12"])
+    scenes = [train_scenes()[0], HELD_OUT[0]]
+    results = pixel_oracle(cfg, scenes, seed=0)
+    assert [r.scene for r in results] == scenes
+    for r in results:
+        assert r.last_loss < 0.5 * r.first_loss
+        assert r.right == r.reading.matches(r.scene)
+
+
+def test_oracle_report_has_the_benchmark_layout(monkeypatch):
+    import vqclip.shapes.quality as quality
+    from vqclip.shapes.quality import oracle_report
+
+    monkeypatch.setattr(quality, "HELD_OUT", HELD_OUT[:1])
+    report = oracle_report(load_config(["configs/shapes.yaml"], ["steps=2"]), seeds=[0, 1], n_seen=1)
+    assert [(s.split, s.seed) for s in report.samples] == [("seen", 0), ("held_out", 0), ("seen", 1), ("held_out", 1)]
+    assert report.config["guide"] == "pixel oracle" and set(report.success) == {"seen", "held_out", "all"}

@@ -91,7 +91,7 @@ class CutoutsConfig:
     augments: List[str] = _help(f"kornia augmentations by name: {', '.join(AUGMENTS)}",
                                 default_factory=lambda: ["flip", "affine", "perspective", "jitter"])
     noise: float = _help("std of the per-cutout Gaussian noise used by the 'noise' augment", default=0.1)
-    # true: every cutout of every image resampled in one grid_sample call; false: a Python loop with
+    # true: every cutout of every image resampled by two batched matrix products; false: a Python loop with
     # one crop and resample per cutout, as the original notebooks (slower; kept for comparison).
     batched: bool = _help("resample all cutouts in one batched call (false: one at a time, as the notebooks)",
                           default=True)

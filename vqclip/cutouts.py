@@ -1,10 +1,10 @@
 """Cutouts and augmentations: what CLIP actually looks at each step.
 
 `make_cutouts` takes `cutn` random square crops per image, their sides drawn as
-`min + u**cut_pow * (max - min)`, and resamples all of them to CLIP's input size in ONE
-`grid_sample` call (the crops are tiled along the grid's height), so the cost does not grow with
-a Python loop and the backward pass scatters into the image once. When crops are much larger than
-CLIP's input they are sampled at k times the size and average-pooled, a cheap anti-aliasing filter.
+`min + u**cut_pow * (max - min)`, and resamples all of them to CLIP's input size with two batched
+matrix products (separable antialiased bicubic interpolation, `Wy @ image @ Wx^T`, the same
+resampling as the loop's `F.interpolate`): no Python loop, and the backward pass is two matrix
+products rather than a scatter into the image.
 
 `make_cutouts_loop` is the notebooks' per-cutout loop, kept behind `cutouts.batched=false` for the
 benchmark's baseline and for comparison. `build_augments(names)` turns config names into one kornia pipeline applied to the whole batch.
@@ -20,9 +20,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-MAX_SUPERSAMPLE = 4
-
 
 def sample_boxes(n: int, width: int, height: int, cut_size: int, cut_pow: float,
                  device: torch.device | str = "cpu", min_size: float = 0.0, whole: float = 0.0) -> torch.Tensor:
@@ -55,27 +52,48 @@ def cutout_boxes(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float 
     return sample_boxes(b * cutn, w, h, cut_size, cut_pow, images.device, min_size).view(b, cutn, 3)
 
 
+def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys' cubic convolution kernel (a = -0.5, as PIL and torch's antialiased bicubic use)."""
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def resample_weights(start: torch.Tensor, side: torch.Tensor, out: int, size: int) -> torch.Tensor:
+    """Interpolation matrices [..., out, size] for crops [start, start + side) of an axis of `size`
+    pixels resampled to `out` pixels: the bicubic kernel stretched by the downscale (antialiased),
+    each row normalised to sum 1 inside the crop. For a crop at least `out` pixels long, row i of
+    `resample_weights(...) @ x` equals `F.interpolate(crop, mode="bicubic", antialias=True,
+    align_corners=False)` along that axis, which is what the notebooks' per-cutout loop computes."""
+    start, side = start.float(), side.float()
+    scale = side / out
+    stretch = scale.clamp(min=1.0)
+    centre = start[..., None] + (torch.arange(out, device=start.device) + 0.5) * scale[..., None]  # [..., out]
+    j = torch.arange(size, device=start.device) + 0.5  # input pixel centres
+    w = _cubic((j - centre[..., None]) / stretch[..., None, None])
+    inside = (j >= start[..., None, None]) & (j < (start + side)[..., None, None])
+    w = w * inside
+    return w / w.sum(-1, keepdim=True)
+
+
 def make_cutouts(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0,
                  min_size: float = 0.0, whole: float = 0.0) -> torch.Tensor:
     """Images [B, C, H, W] -> cutouts [B * cutn, C, cut_size, cut_size], image-major order.
 
-    `min_size` and `whole` are as in `sample_boxes`, per image (the first round(whole * cutn) cutouts
-    of each image are whole views).
+    Every cutout of every image in two batched matrix products, `Wy @ image @ Wx^T`, with the
+    antialiased interpolation matrices of `resample_weights` (so backward is two matrix products
+    too). `min_size` and `whole` are as in `sample_boxes`, per image (the first round(whole * cutn)
+    cutouts of each image are whole views).
     """
     b, c, h, w = images.shape
     boxes = cutout_boxes(images, cutn, cut_size, cut_pow, min_size, whole)
-    k = int(min(MAX_SUPERSAMPLE, max(1, math.ceil(float(boxes[..., 2].max()) / (2 * cut_size)))))
-    s = cut_size * k
-    # Normalised sampling grid (align_corners=False): pixel centre i maps to (2i + 1) / n - 1.
-    t = (torch.arange(s, device=images.device, dtype=images.dtype) + 0.5) / s  # [s] in (0, 1)
     x0, y0, side = boxes.unbind(-1)  # [b, cutn]
-    gx = (x0[..., None] + t * side[..., None]) * (2.0 / w) - 1  # [b, cutn, s]
-    gy = (y0[..., None] + t * side[..., None]) * (2.0 / h) - 1
-    grid = torch.stack(torch.broadcast_tensors(gx[:, :, None, :], gy[:, :, :, None]), dim=-1)  # [b, cutn, s, s, 2]
-    out = F.grid_sample(images, grid.reshape(b, cutn * s, s, 2), mode="bilinear",
-                        padding_mode="border", align_corners=False)  # [b, C, cutn*s, s]
-    out = out.view(b, c, cutn, s, s).transpose(1, 2).reshape(b * cutn, c, s, s)
-    return F.avg_pool2d(out, k) if k > 1 else out
+    wy = resample_weights(y0, side, cut_size, h).to(images.dtype)  # [b, cutn, S, H]
+    wx = resample_weights(x0, side, cut_size, w).to(images.dtype)  # [b, cutn, S, W]
+    rows = torch.matmul(wy.unsqueeze(2), images.unsqueeze(1))  # [b, cutn, C, S, W]
+    out = torch.matmul(rows, wx.unsqueeze(2).transpose(-1, -2))  # [b, cutn, C, S, S]
+    return out.reshape(b * cutn, c, cut_size, cut_size)
 
 
 def make_cutouts_loop(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0,

@@ -65,9 +65,13 @@ def decoder_bytes(ddconfig: Dict[str, Any], size: Sequence[int], batch: int = 1,
     return total * BYTES * batch
 
 
-def cutout_bytes(cutn: int, cut_size: int = 224, batch: int = 1) -> int:
-    """Estimated bytes of the cutouts and their augmented copies (independent of the image size)."""
-    return 8 * cutn * 3 * cut_size * cut_size * BYTES * batch
+def cutout_bytes(cutn: int, cut_size: int = 224, batch: int = 1, size: Sequence[int] = (0, 0)) -> int:
+    """Estimated bytes of the cutouts and their augmented copies, plus what the batched resampler
+    keeps for backward at image `size` (w, h): its interpolation matrices and the row-resampled
+    images (vqclip.cutouts.make_cutouts)."""
+    w, h = size
+    resampler = cutn * cut_size * (w + h + 3 * w)
+    return (8 * cutn * 3 * cut_size * cut_size + resampler) * BYTES * batch
 
 
 def available_bytes(device: torch.device) -> Optional[int]:
@@ -121,7 +125,7 @@ def check_memory(cfg: "GenerateConfig", ddconfig: Dict[str, Any], device: torch.
     free = available_bytes(device) if free is None else free
     if free is None:
         return
-    cuts = cutout_bytes(cfg.cutouts.cutn, batch=batch)
+    cuts = cutout_bytes(cfg.cutouts.cutn, batch=batch, size=cfg.size)
     need = decoder_bytes(ddconfig, cfg.size, batch, checkpointing) + cuts
     log.debug("memory estimate for size %s: %s, free on %s: %s", cfg.size, _gb(need), device, _gb(free))
     if need <= free:

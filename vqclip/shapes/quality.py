@@ -99,6 +99,26 @@ def run_benchmark(config: GenerateConfig, seeds: Sequence[int], n_seen: int = 16
     return score(report)
 
 
+def oracle_report(config: GenerateConfig, seeds: Sequence[int], n_seen: int = 16) -> Report:
+    """`run_benchmark`'s report for `vqclip.shapes.oracle.pixel_oracle`: the same prompts and
+    seeds, the CLIP replaced by the pixel distance to a drawing of each caption."""
+    from vqclip.generate import load_models
+    from vqclip.shapes.oracle import pixel_oracle
+
+    vqgan = load_models(config, progress=False).vqgan
+    report = Report(config={"steps": config.steps, "size": list(config.size), "lr": config.optim.lr,
+                            "seeds": list(seeds), "n_seen": n_seen, "guide": "pixel oracle"})
+    for seed in seeds:
+        for split, scenes in eval_scenes(n_seen).items():
+            start = time.perf_counter()
+            results = pixel_oracle(config, scenes, seed=seed, vqgan=vqgan)
+            seconds = (time.perf_counter() - start) / max(1, len(scenes))
+            for r in results:
+                report.samples.append(Sample(split, r.scene.caption, seed, r.reading.caption,
+                                             r.reading.correct(r.scene), seconds, None))
+    return score(report)
+
+
 def score(report: Report) -> Report:
     """Fill in the success rates, per-attribute rates and seconds per image from the samples."""
     for split in ("seen", "held_out", "all"):

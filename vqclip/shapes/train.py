@@ -464,25 +464,23 @@ class ClipModule(pl.LightningModule):
         self.augment = _clip_augments()
         self.progress: Dict[str, float] = {}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    @torch.no_grad()
+    def views(self, images: torch.Tensor, masks: torch.Tensor, ramp: float) -> torch.Tensor:
+        """Normalised CLIP inputs: one training cutout per image (augmented), or with probability
+        `1 - augmented_share * ramp` the whole image, plain."""
         cfg = self.cfg
-        with torch.no_grad():
-            images = batch["image"]
-            x = training_cutouts(images, batch["mask"], cfg.image_size, cfg.min_kept)
-            x = self.augment(x).clamp(0, 1)
-            # Curriculum: shapes are learnt from whole, clean images first (with cutouts and
-            # augmentations from the start, shape stays at chance for hundreds of steps); the
-            # share of augmented cutouts then ramps up to `augmented_share`.
-            start, end = cfg.clean_fraction * cfg.steps, cfg.curriculum * cfg.steps
-            ramp = min(1.0, max(0.0, (self.global_step - start) / max(1.0, end - start)))
-            plain = torch.rand(len(x), device=x.device) >= cfg.augmented_share * ramp
-            if plain.any():
-                whole = F.interpolate(images[plain], size=(cfg.image_size,) * 2, mode="bilinear",
-                                      antialias=True, align_corners=False)
-                x[plain] = whole
-            x = (x - self.mean) / self.std
-        target = batch["scene"]
-        img = F.normalize(self.model.encode_image(x).float(), dim=-1)
+        x = training_cutouts(images, masks, cfg.image_size, cfg.min_kept)
+        x = self.augment(x).clamp(0, 1)
+        plain = torch.rand(len(x), device=x.device) >= cfg.augmented_share * ramp
+        if plain.any():
+            whole = F.interpolate(images[plain], size=(cfg.image_size,) * 2, mode="bilinear",
+                                  antialias=True, align_corners=False)
+            x[plain] = whole
+        return (x - self.mean) / self.std
+
+    def caption_loss(self, img: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """Cross-entropy of normalised image embeddings against all training captions (index
+        `target`), plus the weighted mean of the partial-caption losses; and progress numbers."""
         scale = self.model.logit_scale.exp().clamp(max=100)
         txt = F.normalize(self.model.encode_text(self.tokens).float(), dim=-1)
         logits = scale * img @ txt.T
@@ -492,19 +490,35 @@ class ClipModule(pl.LightningModule):
         for fam in self.families:
             ftxt = F.normalize(self.model.encode_text(getattr(self, f"{fam}_tokens")).float(), dim=-1)
             parts.append(F.cross_entropy(scale * img @ ftxt.T, getattr(self, f"{fam}_target")[target]))
-        if parts and cfg.partial_weight:
-            loss = loss + cfg.partial_weight * torch.stack(parts).mean()
-        self.progress = {"loss": float(loss.detach()), "full": float(loss_full.detach()), "aug": ramp,
-                         "acc": float((logits.argmax(1) == target).float().mean()), "scale": float(scale.detach())}
+        if parts and self.cfg.partial_weight:
+            loss = loss + self.cfg.partial_weight * torch.stack(parts).mean()
+        return loss, {"full": float(loss_full.detach()), "acc": float((logits.argmax(1) == target).float().mean()),
+                      "scale": float(scale.detach())}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        cfg = self.cfg
+        # Curriculum: shapes are learnt from whole, clean images first (with cutouts and
+        # augmentations from the start, shape stays at chance for hundreds of steps); the share of
+        # augmented cutouts then ramps up to `augmented_share`.
+        start, end = cfg.clean_fraction * cfg.steps, cfg.curriculum * cfg.steps
+        ramp = min(1.0, max(0.0, (self.global_step - start) / max(1.0, end - start)))
+        x = self.views(batch["image"], batch["mask"], ramp)
+        img = F.normalize(self.model.encode_image(x).float(), dim=-1)
+        loss, info = self.caption_loss(img, batch["scene"])
+        self.progress = {"loss": float(loss.detach()), "aug": ramp, **info}
         return loss
 
     def configure_optimizers(self):
+        return self.adamw(self.cfg.lr, self.cfg.weight_decay, self.cfg.warmup, self.cfg.steps)
+
+    def adamw(self, lr: float, weight_decay: float, warmup: int, steps: int) -> dict:
+        """AdamW (no decay on gains, biases, embeddings and the logit scale) with warm-up and cosine decay."""
         decay, no_decay = [], []
         for n, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or "embedding" in n or "logit_scale" in n else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.cfg.lr, betas=(0.9, 0.98))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(self.cfg.warmup, self.cfg.steps))
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(warmup, steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -533,7 +547,7 @@ def training_cutouts(images: torch.Tensor, masks: torch.Tensor, size: int, min_k
                      tries: int = 4) -> torch.Tensor:
     """One cutout per image [B, 3, size, size]: a 60-100% square crop keeping >= `min_kept` of the
     shape, horizontally flipped half the time and rotated up to 15 degrees, resampled with 2x
-    supersampling (bilinear, then 2x2 average) as the generator's cutouts are."""
+    supersampling (bilinear, then 2x2 average): antialiased, like the generator's cutouts."""
     b, _, h, w = images.shape
     total = masks.sum(dim=(1, 2)).clamp_min(1e-6)
     side = torch.full((b,), w, dtype=torch.long)
@@ -656,13 +670,18 @@ def _worker_logging(level: int) -> None:
 
 
 def train_all(out_dir: Path, vqgan: Optional[VQGANTrainConfig], clip: Optional[ClipTrainConfig],
-              parallel: bool = False, threads: int = 0) -> Dict[str, Dict[str, float]]:
-    """Train the requested models (None: skip), in two processes when `parallel`; write
-    `<out_dir>/training.json` with configs, metrics and wall time; return the metrics."""
+              parallel: bool = False, threads: int = 0, harden=None,
+              clip_for_harden: Optional[ClipTrainConfig] = None) -> Dict[str, Dict[str, float]]:
+    """Train the requested models (None: skip), in two processes when `parallel`; then, with a
+    `harden` config (`vqclip.shapes.harden.HardenConfig`), fine-tune the CLIP against the generator
+    (`clip_for_harden` names its architecture when `clip` is None). Update
+    `<out_dir>/training.json` with the configs, metrics and wall time of each part run; return the
+    metrics of this call."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(k, c) for k, c in (("vqgan", vqgan), ("clip", clip)) if c is not None]
     start = time.time()
+    results: Dict[str, Dict[str, float]] = {}
     if parallel and len(jobs) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -674,9 +693,27 @@ def train_all(out_dir: Path, vqgan: Optional[VQGANTrainConfig], clip: Optional[C
             results = {k: f.result() for k, f in futures.items()}
     else:
         results = {k: _run_one(k, c, str(out_dir), threads) for k, c in jobs}
-    wall = time.time() - start
-    report = {"wall_seconds": wall, "metrics": results,
-              "configs": {k: dataclasses.asdict(c) for k, c in jobs}}
-    (out_dir / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("trained %s in %.0f s", ", ".join(results), wall)
+    walls = {"+".join(k for k, _ in jobs): time.time() - start} if jobs else {}
+    if harden is not None:
+        from vqclip.shapes.harden import harden_clip
+
+        if threads:
+            torch.set_num_threads(threads)
+        t0 = time.time()
+        results["harden"] = harden_clip(out_dir, clip or clip_for_harden or ClipTrainConfig(), harden)
+        walls["harden"] = time.time() - t0
+        jobs.append(("harden", harden))
+    _update_report(out_dir / "training.json", results, {k: dataclasses.asdict(c) for k, c in jobs}, walls)
+    log.info("trained %s in %.0f s", ", ".join(results), time.time() - start)
     return results
+
+
+def _update_report(path: Path, metrics: dict, configs: dict, walls: Dict[str, float]) -> None:
+    """Merge this call's parts into training.json, keeping the parts it did not run (a CLIP
+    hardened later keeps the record of how the models it started from were trained)."""
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    if not isinstance(report.get("wall_seconds", {}), dict):  # files written before hardening existed
+        report["wall_seconds"] = {"vqgan+clip": report["wall_seconds"]}
+    for key, new in (("wall_seconds", walls), ("metrics", metrics), ("configs", configs)):
+        report[key] = {**report.get(key, {}), **new}
+    path.write_text(json.dumps(report, indent=2) + "\n")
