@@ -127,3 +127,31 @@ def test_clip_from_openai_torchscript_archive(tmp_path):
     normalised = (x - clip.mean) / clip.std
     torch.testing.assert_close(clip.encode_image(x), source.encode_image(normalised), atol=5e-3, rtol=0)
     assert clip.encode_text(["a cat"]).shape == (1, 32)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_clip_attention_runs_sequence_first_with_the_same_results(tiny_files, autocast):
+    """ClipModel switches the ViT's attention to sequence-first tensors (faster under CPU bf16);
+    embeddings and input gradients are those of open_clip's batch-first layout."""
+    import open_clip
+
+    clip = load_clip(str(tiny_files["clip_json"]), str(tiny_files["clip_weights"]))
+    attentions = [m for m in clip.model.visual.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert attentions and not any(m.batch_first for m in attentions)
+    assert clip.model.visual.transformer.batch_first is False
+    reference = open_clip.create_model(clip.name, pretrained=str(tiny_files["clip_weights"])).eval()
+    assert reference.visual.transformer.batch_first is True
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, clip.input_size, clip.input_size, requires_grad=True)
+
+    def embed_and_grad(encode):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = encode(x).float()
+        return out.detach(), torch.autograd.grad(out.square().sum(), x)[0]
+
+    mean, std = clip.mean, clip.std
+    got = embed_and_grad(clip.encode_image)
+    want = embed_and_grad(lambda t: reference.encode_image((t - mean) / std))
+    tol = dict(atol=2e-2, rtol=2e-2) if autocast else dict(atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[0], want[0], **tol)
+    torch.testing.assert_close(got[1], want[1], **tol)

@@ -35,6 +35,7 @@ class ClipModel(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, name: str) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        sequence_first(getattr(model, "visual", model))
         self.tokenizer = tokenizer
         self.name = name
         size = getattr(model.visual, "image_size", 224)
@@ -54,6 +55,27 @@ class ClipModel(nn.Module):
         device = self.mean.device
         tokens = self.tokenizer(list(texts)).to(device)
         return self.model.encode_text(tokens).float()
+
+
+def sequence_first(visual: nn.Module) -> bool:
+    """Run a ViT image tower's attention on sequence-first (L, N, D) tensors, as OpenAI's CLIP code
+    does, instead of open_clip's batch-first default; return whether anything changed.
+
+    The arithmetic is the same. But with batch-first tensors `nn.MultiheadAttention` hands its
+    input projection a transposed view, which `F.linear` turns into a batched matmul over a copy
+    of the weight for every token position: under CPU bfloat16 autocast that copying took about
+    two thirds of ViT-B-32's forward pass at 32 cutouts (about 1.1 of 1.6 s).
+    """
+    transformer = getattr(visual, "transformer", None)
+    if transformer is None or getattr(transformer, "batch_first", None) is not True:
+        return False
+    attentions = [m for m in transformer.modules() if isinstance(m, nn.MultiheadAttention)]
+    if not attentions or not all(m.batch_first for m in attentions):
+        return False
+    transformer.batch_first = False  # open_clip's Transformer then transposes in and out itself
+    for m in attentions:
+        m.batch_first = False
+    return True
 
 
 def _is_torchscript(path: Path) -> bool:
