@@ -27,7 +27,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from vqclip.shapes.evaluate import read_image
 from vqclip.shapes.negatives import draw_negative
-from vqclip.shapes.world import HELD_OUT, coverage, draw, sample_geometry, to_tensor, train_scenes
+from vqclip.shapes.world import coverage, draw, sample_geometry, to_tensor, train_scenes
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +225,8 @@ def harden_clip(out_dir: Path, clip_cfg, cfg: HardenConfig, vqgan_name: str = "v
     the VQGAN exported there; overwrite the CLIP's weights file; return metrics per round."""
     from vqclip.config import load_config
     from vqclip.generate import load_models
-    from vqclip.shapes.train import (_LogProgress, _lightning_quiet, _loader, _trainer, clip_zero_shot,
-                                     export_clip, load_exported_clip)
+    from vqclip.shapes.train import (_LogProgress, _lightning_quiet, _loader, _trainer, clip_metrics, export_clip,
+                                     load_exported_clip)
 
     check_harden_config(cfg)
     out_dir = Path(out_dir)
@@ -260,11 +260,7 @@ def harden_clip(out_dir: Path, clip_cfg, cfg: HardenConfig, vqgan_name: str = "v
     module.model.eval()
     export_clip(module, json_path)
     model, tokenizer = load_exported_clip(json_path, weights)
-    for label, scenes in (("held_out", list(HELD_OUT)), ("train", train_scenes())):
-        for k, v in clip_zero_shot(model, tokenizer, scenes, clip_cfg.eval_images).items():
-            metrics[f"zero_shot_{label}_{k}"] = v
-        for k, v in clip_zero_shot(model, tokenizer, scenes, clip_cfg.eval_images, cutouts=True).items():
-            metrics[f"cutout_{label}_{k}"] = v
+    metrics.update(clip_metrics(model, tokenizer, clip_cfg.eval_images))
     log.info("harden done in %.0f s: %s", metrics["seconds"], metrics)
     return metrics
 

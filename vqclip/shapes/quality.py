@@ -105,13 +105,13 @@ def oracle_report(config: GenerateConfig, seeds: Sequence[int], n_seen: int = 16
     from vqclip.generate import load_models
     from vqclip.shapes.oracle import pixel_oracle
 
-    vqgan = load_models(config, progress=False).vqgan
+    models = load_models(config, progress=False)
     report = Report(config={"steps": config.steps, "size": list(config.size), "lr": config.optim.lr,
                             "seeds": list(seeds), "n_seen": n_seen, "guide": "pixel oracle"})
     for seed in seeds:
         for split, scenes in eval_scenes(n_seen).items():
             start = time.perf_counter()
-            results = pixel_oracle(config, scenes, seed=seed, vqgan=vqgan)
+            results = pixel_oracle(config, scenes, seed=seed, models=models)
             seconds = (time.perf_counter() - start) / max(1, len(scenes))
             for r in results:
                 report.samples.append(Sample(split, r.scene.caption, seed, r.reading.caption,

@@ -629,6 +629,18 @@ def clip_zero_shot(model: nn.Module, tokenizer, scenes: Sequence[Scene], n: int 
     return {k: v / n for k, v in right.items()}
 
 
+def clip_metrics(model: nn.Module, tokenizer, n: int) -> Dict[str, float]:
+    """`clip_zero_shot` on held-out and training scenes, whole and through a cutout, as flat
+    `{zero_shot|cutout}_{held_out|train}_{attribute}` entries."""
+    metrics: Dict[str, float] = {}
+    for label, scenes in (("held_out", list(HELD_OUT)), ("train", train_scenes())):
+        for k, v in clip_zero_shot(model, tokenizer, scenes, n).items():
+            metrics[f"zero_shot_{label}_{k}"] = v
+        for k, v in clip_zero_shot(model, tokenizer, scenes, n, cutouts=True).items():
+            metrics[f"cutout_{label}_{k}"] = v
+    return metrics
+
+
 def train_clip(cfg: ClipTrainConfig, out_dir: Path) -> Dict[str, float]:
     """Train the CLIP, export it to `out_dir`, reload it through open_clip and measure; return metrics."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -642,11 +654,7 @@ def train_clip(cfg: ClipTrainConfig, out_dir: Path) -> Dict[str, float]:
     weights = export_clip(module, json_path)
     model, tokenizer = load_exported_clip(json_path, weights)
     metrics: Dict[str, float] = {"train_seconds": seconds, "steps": trainer.global_step}
-    for label, scenes in (("held_out", list(HELD_OUT)), ("train", train_scenes())):
-        for k, v in clip_zero_shot(model, tokenizer, scenes, cfg.eval_images).items():
-            metrics[f"zero_shot_{label}_{k}"] = v
-        for k, v in clip_zero_shot(model, tokenizer, scenes, cfg.eval_images, cutouts=True).items():
-            metrics[f"cutout_{label}_{k}"] = v
+    metrics.update(clip_metrics(model, tokenizer, cfg.eval_images))
     log.info("clip done in %.0f s: %s", seconds, metrics)
     return metrics
 
