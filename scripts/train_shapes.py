@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train the shapes-world demo VQGAN and CLIP and export them (see docs/shapes_training.md).
 
-    python scripts/train_shapes.py --out checkpoints/shapes --parallel
-    python scripts/train_shapes.py --out /tmp/shapes --only harden      # experimental: harden the CLIP there
+    python scripts/train_shapes.py --out checkpoints/shapes --parallel    # both models, then harden the CLIP
+    python scripts/train_shapes.py --out /tmp/shapes --only harden      # only harden the CLIP already there
     python scripts/train_shapes.py --quick --out /tmp/shapes-quick     # a few steps, tiny models
 
 All the work is in vqclip.shapes.train; this maps arguments onto its configs.
@@ -27,14 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=("vqgan", "clip", "harden"),
                    help="train just one of the two models, or only harden the CLIP already in --out "
                         "against the generator (needs both models there)")
-    p.add_argument("--harden", action="store_true",
-                   help="experimental: after training, fine-tune the CLIP against the generator's failures "
-                        "(vqclip.shapes.harden; it did not raise the success rate, see docs/shapes.md)")
+    p.add_argument("--harden", action=argparse.BooleanOptionalAction, default=None,
+                   help="after training both models, fine-tune the CLIP against its own maxima "
+                        "(vqclip.shapes.harden, docs/shapes.md); on by default unless --only picks one model")
     p.add_argument("--harden-rounds", type=int, help="override the number of hardening rounds")
     p.add_argument("--quick", action="store_true", help="tiny models, a few steps: checks the pipeline only")
     p.add_argument("--parallel", action="store_true", help="train the two models in two processes at once")
     p.add_argument("--threads", type=int, default=0, help="torch threads per model (0: torch's default, "
-                                                          "or cores / 2 with --parallel)")
+                                                          "or cores / 2 with --parallel; the hardening "
+                                                          "after a --parallel run uses torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vqgan-steps", type=int, help="override the VQGAN's number of steps")
     p.add_argument("--clip-steps", type=int, help="override the CLIP's number of steps")
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     only = args.only
     metrics = train_all(args.out, vq if only in (None, "vqgan") else None, clip if only in (None, "clip") else None,
                         parallel=args.parallel, threads=args.threads,
-                        harden=harden if args.harden or only == "harden" else None,
+                        harden=harden if only == "harden" or (only is None and args.harden is not False) else None,
                         clip_for_harden=clip)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -160,6 +160,20 @@ def test_quick_training_writes_loadable_files_in_the_published_formats(tmp_path)
     assert report["metrics"]["vqgan"]["steps"] == 4 and "harden" in report["metrics"]
 
 
+def test_train_script_hardens_by_default_and_not_with_no_harden(tmp_path):
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes.py"
+    main = runpy.run_path(str(script), run_name="train_shapes")["main"]
+    assert main(["--quick", "--no-harden", "--out", str(tmp_path / "plain"), "--clip-name", "shapes-clip-quick-test"]) == 0
+    report = json.loads((tmp_path / "plain" / "training.json").read_text())
+    assert set(report["metrics"]) == {"vqgan", "clip"}
+    assert main(["--quick", "--out", str(tmp_path / "default"), "--clip-name", "shapes-clip-quick-test"]) == 0
+    report = json.loads((tmp_path / "default" / "training.json").read_text())
+    assert set(report["metrics"]) == {"vqgan", "clip", "harden"}
+    assert report["configs"]["harden"]["sampled"] == 2  # the quick run's climbing negatives
+
+
 def test_train_script_refuses_contradictory_hardening_flags(tmp_path, capsys):
     import runpy
 
@@ -181,7 +195,10 @@ def test_hardening_needs_both_trained_models(tmp_path):
         harden_clip(tmp_path, quick_configs()[1], quick_harden_config())
 
 
-@pytest.mark.parametrize("field, value, message", [("negatives", 0, "negatives must be at least 1, got 0"),
+@pytest.mark.parametrize("field, value, message", [("negatives", -1, "negatives must be 0 or more, got -1"),
+                                                   ("sample_steps", 0, "sample_steps must be at least 1, got 0"),
+                                                   ("sample_res", (1,), "sample_res must be resolutions of at least 2"),
+                                                   ("reinit", 2.0, "reinit must be in 0..1, got 2.0"),
                                                    ("generated_share", 1.5, "generated_share must be in 0..1"),
                                                    ("margin", -0.1, "margin must be 0 or more")])
 def test_bad_hardening_settings_name_the_field(tmp_path, field, value, message):
@@ -192,3 +209,13 @@ def test_bad_hardening_settings_name_the_field(tmp_path, field, value, message):
 
     with pytest.raises(ValueError, match=message):
         harden_clip(tmp_path, quick_configs()[1], dataclasses.replace(quick_harden_config(), **{field: value}))
+
+
+def test_hardening_needs_some_negatives(tmp_path):
+    import dataclasses
+
+    from vqclip.shapes.harden import harden_clip, quick_harden_config
+    from vqclip.shapes.train import quick_configs
+
+    with pytest.raises(ValueError, match="needs negatives or sampled .* at least 1, got 0 and 0"):
+        harden_clip(tmp_path, quick_configs()[1], dataclasses.replace(quick_harden_config(), negatives=0, sampled=0))

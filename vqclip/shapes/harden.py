@@ -1,25 +1,31 @@
-"""Harden the demo CLIP against the generator: adversarial fine-tuning with hard negatives.
+"""Harden the demo CLIP against what the generator finds: fine-tuning with hard negatives.
 
 A CLIP trained on clean scenes picks the right caption for a real drawing, but a generator that
 maximises the similarity of an image to *one* caption finds textures the CLIP scores as high as a
-real drawing (docs/shapes.md). The fix is to show the CLIP those images as negatives, in rounds:
+real drawing (docs/shapes.md). The fix is to show the CLIP such images as negatives while it is
+fine-tuned (pytorch-lightning) on fresh scenes with its usual caption losses: a margin loss makes
+each caption's cosine to a fresh drawing of it beat its cosine to each negative by `margin`.
+Three sources of negatives, each tied to a training caption:
 
-1. the generator (`vqclip.generate`, the method of `configs/shapes.yaml`, fewer steps) makes images
-   for training captions with the current CLIP; those the network-free evaluator does not read as
-   a scene of the world join a pool of negatives, each tied to the caption it was made for;
-2. the CLIP is fine-tuned (pytorch-lightning) on fresh scenes with the usual caption losses, plus a
-   text-to-image loss: each caption must pick its own drawing among the batch's drawings and a set
-   of negatives (half from the pool, each next to a fresh drawing of its own caption; half drawn
-   procedurally by `vqclip.shapes.negatives` in the colours of the batch's scenes).
+- `sampled` (the default, and the one that helps): the CLIP's own climbing buffer
+  (`vqclip.shapes.sampler`): low-resolution images moved a few Adam steps up their caption's
+  cosine with the current CLIP at every step, so that they follow its maxima as it changes. Those
+  the network-free evaluator reads as their caption's scene are left out. Far cheaper than the
+  generator (no VQGAN), so the CLIP sees thousands of its own maxima.
+- `generated`: each round, the generator (`vqclip.generate`, the method of `configs/shapes.yaml`,
+  fewer steps) makes images for training captions with the current CLIP; those the evaluator
+  does not read as a scene of the world join a pool.
+- `negatives`: drawn procedurally by `vqclip.shapes.negatives` in the colours of the batch's
+  scenes (with `generated_share` of them taken from the pool instead).
 
 Optionally (`adv_eps`), the drawings are also moved to their worst case within a small pixel
 budget before the CLIP sees them (adversarial training).
 
 Only training captions are used; `HELD_OUT` stays unseen. Entry point: `harden_clip`.
 
-This is an experiment, off by default in `scripts/train_shapes.py` (`--harden`): the shipped CLIP
-is not hardened, because none of the settings tried raised the generator's success rate
-(docs/shapes.md).
+`scripts/train_shapes.py` runs it after training; the shipped CLIP was fine-tuned with the defaults
+of `HardenConfig`: climbing negatives only. The generated and drawn negatives and the adversarial
+training are options that did not raise the generator's success rate (docs/shapes.md).
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ import torch.nn.functional as F
 
 from vqclip.shapes.evaluate import read_image
 from vqclip.shapes.negatives import draw_negative
+from vqclip.shapes.sampler import NegativeSampler, random_views
 from vqclip.shapes.world import coverage, draw, sample_geometry, to_tensor, train_scenes
 
 log = logging.getLogger(__name__)
@@ -48,20 +55,26 @@ class HardenConfig:
     """Rounds, generator settings and fine-tuning schedule of the hardening phase."""
 
     rounds: int = 1
-    generated: int = 16  # images the generator makes per round, for training captions
+    generated: int = 0  # images the generator makes per round, for training captions (0: none)
     generate_steps: int = 60  # generator steps per image
     snapshot_every: int = 20  # also keep the image every this many steps (the path there fails too)
     generate_batch: int = 16  # images optimised together
     generator_config: str = str(SHAPES_CONFIG)  # the method whose failures are collected
-    steps: int = 400  # fine-tuning steps per round
-    batch_size: int = 48  # fresh scenes per step
-    negatives: int = 32  # negatives per step
+    steps: int = 800  # fine-tuning steps per round
+    batch_size: int = 32  # fresh scenes per step
+    negatives: int = 0  # drawn (and pooled generated) negatives per step
     generated_share: float = 0.5  # of the negatives, from the generated pool (once it has any)
-    margin: float = 0.3  # a caption's cosine to its drawing must beat that to its negative by this
-    negative_weight: float = 4.0  # weight of the margin loss against the negatives
+    margin: float = 0.2  # a caption's cosine to its drawing must beat that to its negative by this
+    negative_weight: float = 2.0  # weight of the margin loss against the negatives
+    sampled: int = 32  # negatives per step from the CLIP's own climbing buffer (vqclip.shapes.sampler); 0: off
+    buffer: int = 256  # entries in that buffer
+    sample_steps: int = 5  # Adam steps each picked entry climbs per fine-tuning step
+    sample_lr: float = 0.1  # their step size (logit units)
+    sample_res: Tuple[int, ...] = (8, 16, 32)  # resolutions the entries are drawn at
+    reinit: float = 0.05  # chance that a picked entry starts over
     adv_eps: float = 0.0  # adversarial training: worst-case pixel change (L-inf, [0, 1] scale); 0: off
     adv_steps: int = 2  # projected-gradient steps that find the worst case
-    lr: float = 2e-4
+    lr: float = 3e-4
     warmup: int = 20
     weight_decay: float = 0.05
     seed: int = 0
@@ -71,15 +84,24 @@ class HardenConfig:
 
 def check_harden_config(cfg: HardenConfig) -> None:
     """Raise ValueError naming the first field of `cfg` outside its allowed range."""
-    counts = ("rounds", "generate_steps", "snapshot_every", "generate_batch", "steps", "batch_size", "negatives")
+    counts = ("rounds", "generate_steps", "snapshot_every", "generate_batch", "steps", "batch_size", "buffer",
+              "sample_steps")
     for name in counts:
         if int(getattr(cfg, name)) < 1:
             raise ValueError(f"HardenConfig.{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.generated < 0:
-        raise ValueError(f"HardenConfig.generated must be 0 or more, got {cfg.generated}")
+    for name in ("generated", "negatives", "sampled"):
+        if int(getattr(cfg, name)) < 0:
+            raise ValueError(f"HardenConfig.{name} must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.negatives + cfg.sampled < 1:
+        raise ValueError("HardenConfig needs negatives or sampled (or both) at least 1, got "
+                         f"{cfg.negatives} and {cfg.sampled}")
+    if not cfg.sample_res or min(cfg.sample_res) < 2:
+        raise ValueError(f"HardenConfig.sample_res must be resolutions of at least 2, got {cfg.sample_res}")
+    if not 0.0 <= cfg.reinit <= 1.0:
+        raise ValueError(f"HardenConfig.reinit must be in 0..1, got {cfg.reinit}")
     if not 0.0 <= cfg.generated_share <= 1.0:
         raise ValueError(f"HardenConfig.generated_share must be in 0..1, got {cfg.generated_share}")
-    for name in ("margin", "negative_weight", "adv_eps", "lr"):
+    for name in ("margin", "negative_weight", "adv_eps", "lr", "sample_lr"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"HardenConfig.{name} must be 0 or more, got {getattr(cfg, name)}")
 
@@ -87,7 +109,8 @@ def check_harden_config(cfg: HardenConfig) -> None:
 def quick_harden_config() -> HardenConfig:
     """One tiny round: an end-to-end check of the pipeline."""
     return HardenConfig(rounds=1, generated=2, generate_steps=2, snapshot_every=1, generate_batch=2, steps=3,
-                        batch_size=4, negatives=4, adv_eps=8 / 255, warmup=1, log_every=1, precision="32-true")
+                        batch_size=4, negatives=4, sampled=2, buffer=4, sample_steps=1, adv_eps=8 / 255, warmup=1,
+                        log_every=1, precision="32-true")
 
 
 def _fresh(scenes, index: List[int], rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -115,41 +138,78 @@ def _harden_module_class():
             self.pool_images = torch.zeros(0, 3, 128, 128, dtype=torch.uint8)
             self.pool_scenes: List[int] = []
             self.round = 0
+            self.sampler = (NegativeSampler(self.scenes, cfg.buffer, cfg.sample_res, cfg.sample_lr, cfg.reinit,
+                                            cfg.seed) if cfg.sampled else None)
+            self.sampled_scenes = 0.0
 
         def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
             h = self.hcfg
             rng = np.random.default_rng((h.seed, self.round, batch_idx))
             images, masks, target = batch["image"], batch["mask"], batch["scene"]
+            n_batch = len(target)
             n_pool = min(len(self.pool_scenes), round(h.negatives * h.generated_share)) if self.pool_scenes else 0
             pick = rng.integers(len(self.pool_scenes), size=n_pool) if n_pool else np.zeros(0, int)
-            pool_scenes = [self.pool_scenes[i] for i in pick]
-            if n_pool:  # each pooled negative next to a fresh drawing of its own caption
-                extra, extra_masks = _fresh(self.scenes, pool_scenes, rng)
-                images, masks = torch.cat([images, extra]), torch.cat([masks, extra_masks])
-                target = torch.cat([target, torch.tensor(pool_scenes)])
-            # Procedural negatives in the colours of random drawings of the batch, each paired with it.
-            pair_drawn = rng.integers(len(batch["scene"]), size=h.negatives - n_pool)
-            drawn = [draw_negative(self.scenes[int(target[i])], rng) for i in pair_drawn]
-            pair = torch.cat([torch.arange(len(batch["scene"]), len(target)), torch.from_numpy(pair_drawn)])
+            # Negatives that get a fresh drawing of their own caption next to them (pooled, sampled).
+            own = [self.pool_scenes[i] for i in pick]
             negs = [self.pool_images[torch.from_numpy(pick)].float() / 255] if n_pool else []
+            sampled, climbed = self.sampled_negatives()
+            own += climbed
+            if own:
+                extra, extra_masks = _fresh(self.scenes, own, rng)
+                images, masks = torch.cat([images, extra]), torch.cat([masks, extra_masks])
+                target = torch.cat([target, torch.tensor(own, dtype=target.dtype)])
+            # Procedural negatives in the colours of random drawings of the batch, each paired with it.
+            pair_drawn = rng.integers(n_batch, size=h.negatives - n_pool)
+            drawn = [draw_negative(self.scenes[int(target[i])], rng) for i in pair_drawn]
             negs += [torch.stack([to_tensor(d) for d in drawn])] if drawn else []
-            negatives = torch.cat(negs)
+            # pooled first, then drawn (both through training cutouts), then sampled (generator-style crops)
+            pair = torch.cat([torch.arange(n_batch, n_batch + n_pool), torch.from_numpy(pair_drawn),
+                              torch.arange(n_batch + n_pool, len(target))]).long()
             x = self.views(images, masks, 1.0)
             if h.adv_eps > 0:
                 x = self.worst_case(x, target)
-            xn = self.views(negatives, torch.ones(negatives.shape[0], 128, 128), 1.0)
-            emb = F.normalize(self.model.encode_image(torch.cat([x, xn])).float(), dim=-1)
+            xn = [self.views(torch.cat(negs), torch.ones(sum(len(n) for n in negs), 128, 128), 1.0)] if negs else []
+            if len(sampled):
+                small = F.interpolate(sampled, size=(self.cfg.image_size,) * 2, mode="area")
+                xn.append((random_views(small, self.cfg.image_size) - self.mean) / self.std)
+            emb = F.normalize(self.model.encode_image(torch.cat([x, *xn])).float(), dim=-1)
             img, neg = emb[:len(x)], emb[len(x):]
             loss, info = self.caption_loss(img, target)
-            # Each negative must score below a drawing of its caption by `margin` (cosine): the
-            # generator climbs the absolute cosine, so a ranking that is right by a hair is not enough.
-            txt = F.normalize(self.model.encode_text(self.tokens[target[pair]]).float(), dim=-1)
-            mine, theirs = (img[pair] * txt).sum(-1), (neg * txt).sum(-1)
-            loss_neg = F.relu(theirs - mine + h.margin).mean()
-            loss = loss + h.negative_weight * loss_neg
-            self.progress = {"loss": float(loss.detach()), "neg": float(loss_neg.detach()),
-                             "beats": float((mine > theirs + h.margin).float().mean()), **info}
+            self.progress = {"loss": 0.0, **info}
+            if self.sampler is not None:  # share of the climbed entries that had become their scene
+                self.progress["sampled_scenes"] = self.sampled_scenes
+            if len(neg):
+                # Each negative must score below a drawing of its caption by `margin` (cosine): the
+                # generator climbs the absolute cosine, so a ranking that is right by a hair is not enough.
+                txt = F.normalize(self.model.encode_text(self.tokens[target[pair]]).float(), dim=-1)
+                mine, theirs = (img[pair] * txt).sum(-1), (neg * txt).sum(-1)
+                loss_neg = F.relu(theirs - mine + h.margin).mean()
+                loss = loss + h.negative_weight * loss_neg
+                self.progress.update({"neg": float(loss_neg.detach()), "neg_cos": float(theirs.detach().mean()),
+                                      "beats": float((mine > theirs + h.margin).float().mean())})
+            self.progress["loss"] = float(loss.detach())
             return loss
+
+        def sampled_negatives(self) -> Tuple[torch.Tensor, List[int]]:
+            """Climb `sampled` entries of the sampler with the current CLIP; return those the
+            evaluator does not read as their caption's scene ([N, 3, 128, 128]) and their captions."""
+            h = self.hcfg
+            if self.sampler is None:
+                return torch.zeros(0, 3, 128, 128), []
+            index = self.sampler.pick(h.sampled)
+            with torch.no_grad():
+                text = F.normalize(self.model.encode_text(self.tokens).float(), dim=-1)
+            was_training = self.model.training
+            self.model.eval()  # batch-norm statistics of the drawings, not of the climbing images
+            self.sampler.climb(index, self.model.encode_image, text, h.sample_steps, self.mean, self.std,
+                               self.cfg.image_size)
+            self.model.train(was_training)
+            images = self.sampler.render(index, 128)
+            pixels = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            scenes = [int(self.sampler.scene[i]) for i in index]
+            keep = [k for k, (a, s) in enumerate(zip(pixels, scenes)) if not read_image(a).matches(self.scenes[s])]
+            self.sampled_scenes = 1 - len(keep) / max(1, len(index))
+            return images[keep], [scenes[k] for k in keep]
 
         def worst_case(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             """Normalised inputs `x` moved, within `adv_eps` per pixel, to where the CLIP is most

@@ -705,7 +705,7 @@ def train_all(out_dir: Path, vqgan: Optional[VQGANTrainConfig], clip: Optional[C
     if harden is not None:
         from vqclip.shapes.harden import harden_clip
 
-        if threads:
+        if threads and not parallel:  # after two parallel trainings, hardening alone gets every core
             torch.set_num_threads(threads)
         t0 = time.time()
         results["harden"] = harden_clip(out_dir, clip or clip_for_harden or ClipTrainConfig(), harden)

@@ -1,0 +1,85 @@
+"""The CLIP's own climbing negatives (vqclip.shapes.sampler): they climb, keep their state, start over."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqclip.shapes.sampler import NegativeSampler, random_views
+from vqclip.shapes.world import COLORS, PALETTE, train_scenes
+
+MEAN = torch.full((1, 3, 1, 1), 0.5)
+STD = torch.full((1, 3, 1, 1), 0.25)
+
+
+def _encoder(seed=0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.LazyLinear(16))
+    net(torch.zeros(1, 3, 16, 16))
+    return net.requires_grad_(False)
+
+
+def _text(n, seed=1):
+    return F.normalize(torch.randn(n, 16, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _cosines(sampler, encode, text, index):
+    with torch.no_grad():
+        x = (F.interpolate(sampler.render(index, 32), size=(16, 16), mode="area") - MEAN) / STD
+        return (F.normalize(encode(x), dim=-1) * text[torch.as_tensor(sampler.scene[index])]).sum(-1)
+
+
+def test_entries_climb_the_cosine_to_their_caption():
+    scenes = train_scenes()[:4]
+    sampler = NegativeSampler(scenes, size=6, resolutions=(4, 8), lr=0.1, reinit=0.0, seed=0)
+    encode, text, index = _encoder(), _text(len(scenes)), np.arange(6)
+    before = _cosines(sampler, encode, text, index)
+    for _ in range(5):
+        sampler.climb(index, encode, text, steps=4, mean=MEAN, std=STD, view_size=16)
+    after = _cosines(sampler, encode, text, index)
+    assert (after > before).sum() >= 5 and after.mean() > before.mean() + 0.05
+    assert all(sampler.logits[i].shape == (3, sampler.res[i], sampler.res[i]) for i in index)
+
+
+def test_entries_keep_climbing_from_where_they_were_unless_they_start_over():
+    scenes = train_scenes()[:3]
+    encode, text = _encoder(), _text(3)
+    keep = NegativeSampler(scenes, size=3, resolutions=(8,), lr=0.05, reinit=0.0, seed=0)
+    for _ in range(3):
+        keep.climb([0, 1], encode, text, steps=2, mean=MEAN, std=STD, view_size=16)
+    assert keep.age.tolist() == [6, 6, 0]  # the third was never picked
+    fresh = NegativeSampler(scenes, size=3, resolutions=(8,), lr=0.05, reinit=0.0, seed=0)
+    assert torch.equal(fresh.logits[2], keep.logits[2]) and not torch.equal(fresh.logits[0], keep.logits[0])
+    restart = NegativeSampler(scenes, size=3, resolutions=(8,), lr=0.05, reinit=1.0, seed=0)
+    for _ in range(3):
+        restart.climb([0, 1], encode, text, steps=2, mean=MEAN, std=STD, view_size=16)
+    assert restart.age.tolist() == [2, 2, 0]  # every pick started over
+
+
+def test_entries_start_as_drawn_non_scenes_in_their_caption_colours():
+    scenes = train_scenes()
+    sampler = NegativeSampler(scenes, size=8, resolutions=(32,), lr=0.1, reinit=0.0, seed=3)
+    images = sampler.render(range(8), 32)
+    assert images.shape == (8, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    for i, image in enumerate(images):
+        scene = scenes[int(sampler.scene[i])]
+        pixels = image.permute(1, 2, 0).reshape(-1, 3) * 255
+        palette = torch.tensor([PALETTE[c] for c in COLORS], dtype=torch.float32)
+        nearest = torch.cdist(pixels, palette).argmin(1)
+        share = lambda name: float((nearest == COLORS.index(name)).float().mean())  # noqa: E731
+        assert share(scene.color) + share(scene.background) > 0.6
+
+
+def test_random_views_are_crops_of_the_image():
+    flat = torch.rand(4, 3, 1, 1).expand(4, 3, 40, 40).contiguous()
+    views = random_views(flat, 16)
+    assert views.shape == (4, 3, 16, 16)
+    assert torch.allclose(views, flat[:, :, :16, :16], atol=1e-5)  # a flat image stays that colour
+    ramp = torch.linspace(0, 1, 40).view(1, 1, 1, 40).expand(64, 3, 40, 40).contiguous()
+    widths = [abs(float(v[0, 0, -1] - v[0, 0, 0])) for v in random_views(ramp, 16)]
+    assert max(widths) > 0.9 and min(widths) > 0.5  # the whole width, or at least 60% of it
+
+
+def test_the_sampler_refuses_an_empty_buffer():
+    with pytest.raises(ValueError, match="size >= 1 and resolutions >= 2"):
+        NegativeSampler(train_scenes(), size=0, resolutions=(8,), lr=0.1, reinit=0.0, seed=0)
