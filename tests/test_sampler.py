@@ -102,7 +102,7 @@ def test_climbed_entries_that_became_their_scene_are_not_negatives(tmp_path):
     flat = [torch.full((3, 32, 32), 0.5) for _ in sampler.scene]  # grey: no scene at all
 
     sampler.logits = [torch.logit(d.clamp(0.02, 0.98)) for d in flat[:2] + drawings[2:]]
-    images, scenes = module.sampled_negatives()
+    images, scenes = module.sampled_negatives(module.caption_text().detach())
     assert len(images) == len(scenes) == 2 and module.sampled_scenes == 0.5
     assert images.shape[1:] == (3, 128, 128)
     assert all(torch.allclose(im, torch.full_like(im, 0.5), atol=0.01) for im in images)  # the grey ones

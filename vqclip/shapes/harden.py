@@ -147,12 +147,13 @@ def _harden_module_class():
             rng = np.random.default_rng((h.seed, self.round, batch_idx))
             images, masks, target = batch["image"], batch["mask"], batch["scene"]
             n_batch = len(target)
+            text = self.caption_text()  # every training caption, once per step
             n_pool = min(len(self.pool_scenes), round(h.negatives * h.generated_share)) if self.pool_scenes else 0
             pick = rng.integers(len(self.pool_scenes), size=n_pool) if n_pool else np.zeros(0, int)
             # Negatives that get a fresh drawing of their own caption next to them (pooled, sampled).
             own = [self.pool_scenes[i] for i in pick]
             negs = [self.pool_images[torch.from_numpy(pick)].float() / 255] if n_pool else []
-            sampled, climbed = self.sampled_negatives()
+            sampled, climbed = self.sampled_negatives(text.detach())
             own += climbed
             if own:
                 extra, extra_masks = _fresh(self.scenes, own, rng)
@@ -167,21 +168,21 @@ def _harden_module_class():
                               torch.arange(n_batch + n_pool, len(target))]).long()
             x = self.views(images, masks, 1.0)
             if h.adv_eps > 0:
-                x = self.worst_case(x, target)
+                x = self.worst_case(x, target, text.detach())
             xn = [self.views(torch.cat(negs), torch.ones(sum(len(n) for n in negs), 128, 128), 1.0)] if negs else []
             if len(sampled):
                 small = F.interpolate(sampled, size=(self.cfg.image_size,) * 2, mode="area")
                 xn.append((random_views(small, self.cfg.image_size) - self.mean) / self.std)
             emb = F.normalize(self.model.encode_image(torch.cat([x, *xn])).float(), dim=-1)
             img, neg = emb[:len(x)], emb[len(x):]
-            loss, info = self.caption_loss(img, target)
+            loss, info = self.caption_loss(img, target, text)
             self.progress = {"loss": 0.0, **info}
             if self.sampler is not None:  # share of the climbed entries that had become their scene
                 self.progress["sampled_scenes"] = self.sampled_scenes
             if len(neg):
                 # Each negative must score below a drawing of its caption by `margin` (cosine): the
                 # generator climbs the absolute cosine, so a ranking that is right by a hair is not enough.
-                txt = F.normalize(self.model.encode_text(self.tokens[target[pair]]).float(), dim=-1)
+                txt = text[target[pair]]
                 mine, theirs = (img[pair] * txt).sum(-1), (neg * txt).sum(-1)
                 loss_neg = F.relu(theirs - mine + h.margin).mean()
                 loss = loss + h.negative_weight * loss_neg
@@ -190,15 +191,14 @@ def _harden_module_class():
             self.progress["loss"] = float(loss.detach())
             return loss
 
-        def sampled_negatives(self) -> Tuple[torch.Tensor, List[int]]:
-            """Climb `sampled` entries of the sampler with the current CLIP; return those the
-            evaluator does not read as their caption's scene ([N, 3, 128, 128]) and their captions."""
+        def sampled_negatives(self, text: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+            """Climb `sampled` entries of the sampler with the current CLIP (`text`: its detached
+            `caption_text()`); return those the evaluator does not read as their caption's scene
+            ([N, 3, 128, 128]) and their captions."""
             h = self.hcfg
             if self.sampler is None:
                 return torch.zeros(0, 3, 128, 128), []
             index = self.sampler.pick(h.sampled)
-            with torch.no_grad():
-                text = F.normalize(self.model.encode_text(self.tokens).float(), dim=-1)
             was_training = self.model.training
             self.model.eval()  # batch-norm statistics of the drawings, not of the climbing images
             self.sampler.climb(index, self.model.encode_image, text, h.sample_steps, self.mean, self.std,
@@ -211,15 +211,13 @@ def _harden_module_class():
             self.sampled_scenes = 1 - len(keep) / max(1, len(index))
             return images[keep], [scenes[k] for k in keep]
 
-        def worst_case(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        def worst_case(self, x: torch.Tensor, target: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
             """Normalised inputs `x` moved, within `adv_eps` per pixel, to where the CLIP is most
-            wrong about their captions (projected gradient ascent): adversarial training, which for
+            wrong about their captions (`txt`: detached `caption_text()`; projected gradient ascent): adversarial training, which for
             image classifiers is known to make input gradients look more like the class. Here it
             did not help the generator (docs/shapes.md)."""
             h = self.hcfg
             scale = self.model.logit_scale.exp().clamp(max=100).detach()
-            with torch.no_grad():
-                txt = F.normalize(self.model.encode_text(self.tokens).float(), dim=-1)
             eps = h.adv_eps / self.std  # per channel, in normalised units
             delta = (torch.rand_like(x) * 2 - 1) * eps
             for _ in range(h.adv_steps):

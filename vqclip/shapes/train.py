@@ -478,11 +478,17 @@ class ClipModule(pl.LightningModule):
             x[plain] = whole
         return (x - self.mean) / self.std
 
-    def caption_loss(self, img: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def caption_text(self) -> torch.Tensor:
+        """Normalised text embeddings of all training captions [len(scenes), D]."""
+        return F.normalize(self.model.encode_text(self.tokens).float(), dim=-1)
+
+    def caption_loss(self, img: torch.Tensor, target: torch.Tensor, txt: Optional[torch.Tensor] = None
+                     ) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Cross-entropy of normalised image embeddings against all training captions (index
-        `target`), plus the weighted mean of the partial-caption losses; and progress numbers."""
+        `target`; `txt`: their `caption_text()` when the caller already has it), plus the weighted
+        mean of the partial-caption losses; and progress numbers."""
         scale = self.model.logit_scale.exp().clamp(max=100)
-        txt = F.normalize(self.model.encode_text(self.tokens).float(), dim=-1)
+        txt = self.caption_text() if txt is None else txt
         logits = scale * img @ txt.T
         loss_full = F.cross_entropy(logits, target)
         loss = loss_full
@@ -681,8 +687,8 @@ def train_all(out_dir: Path, vqgan: Optional[VQGANTrainConfig], clip: Optional[C
               parallel: bool = False, threads: int = 0, harden=None,
               clip_for_harden: Optional[ClipTrainConfig] = None) -> Dict[str, Dict[str, float]]:
     """Train the requested models (None: skip), in two processes when `parallel`; then, with a
-    `harden` config (`vqclip.shapes.harden.HardenConfig`), fine-tune the CLIP against the generator
-    (`clip_for_harden` names its architecture when `clip` is None). Update
+    `harden` config (`vqclip.shapes.harden.HardenConfig`), fine-tune the CLIP against its own
+    maxima and any other negatives that config asks for (`clip_for_harden` names its architecture when `clip` is None). Update
     `<out_dir>/training.json` with the configs, metrics and wall time of each part run; return the
     metrics of this call."""
     out_dir = Path(out_dir)
@@ -690,7 +696,8 @@ def train_all(out_dir: Path, vqgan: Optional[VQGANTrainConfig], clip: Optional[C
     jobs = [(k, c) for k, c in (("vqgan", vqgan), ("clip", clip)) if c is not None]
     start = time.time()
     results: Dict[str, Dict[str, float]] = {}
-    if parallel and len(jobs) > 1:
+    in_parallel = parallel and len(jobs) > 1
+    if in_parallel:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -705,7 +712,7 @@ def train_all(out_dir: Path, vqgan: Optional[VQGANTrainConfig], clip: Optional[C
     if harden is not None:
         from vqclip.shapes.harden import harden_clip
 
-        if threads and not parallel:  # after two parallel trainings, hardening alone gets every core
+        if threads and not in_parallel:  # after two parallel trainings, hardening alone gets every core
             torch.set_num_threads(threads)
         t0 = time.time()
         results["harden"] = harden_clip(out_dir, clip or clip_for_harden or ClipTrainConfig(), harden)
