@@ -70,6 +70,19 @@ def test_entries_start_as_drawn_non_scenes_in_their_caption_colours():
         assert share(scene.color) + share(scene.background) > 0.6
 
 
+def test_noise_starts_are_random_palette_colours_anywhere():
+    scenes = train_scenes()
+    sampler = NegativeSampler(scenes, size=6, resolutions=(8,), lr=0.1, reinit=0.0, seed=3, noise=1.0)
+    palette = torch.tensor([PALETTE[c] for c in COLORS], dtype=torch.float32) / 255
+    for i in range(6):
+        pixels = torch.sigmoid(sampler.logits[i]).permute(1, 2, 0).reshape(-1, 3)
+        dist = torch.cdist(pixels, palette).min(1)
+        assert float(dist.values.max()) < 0.03  # every low-resolution pixel is a palette colour
+        assert len(set(dist.indices.tolist())) >= 5  # and not just the caption's two
+    with pytest.raises(ValueError, match="noise must be a probability in 0..1, got 1.5"):
+        NegativeSampler(scenes, size=2, resolutions=(8,), lr=0.1, reinit=0.0, seed=0, noise=1.5)
+
+
 def test_random_views_are_crops_of_the_image():
     flat = torch.rand(4, 3, 1, 1).expand(4, 3, 40, 40).contiguous()
     views = random_views(flat, 16)
@@ -106,3 +119,38 @@ def test_climbed_entries_that_became_their_scene_are_not_negatives(tmp_path):
     assert len(images) == len(scenes) == 2 and module.sampled_scenes == 0.5
     assert images.shape[1:] == (3, 128, 128)
     assert all(torch.allclose(im, torch.full_like(im, 0.5), atol=0.01) for im in images)  # the grey ones
+
+
+def _quick_module(tmp_path, **changes):
+    import dataclasses
+
+    from vqclip.shapes.harden import _harden_module_class, quick_harden_config
+    from vqclip.shapes.train import ClipModule, export_clip, quick_configs, write_clip_config
+
+    clip_cfg = quick_configs()[1]
+    json_path = write_clip_config(clip_cfg, tmp_path)
+    weights = export_clip(ClipModule(clip_cfg, json_path), json_path)
+    cfg = dataclasses.replace(quick_harden_config(), **changes)
+    return _harden_module_class()(clip_cfg, json_path, weights, cfg)
+
+
+def _batch(module, n=4):
+    from vqclip.shapes.world import ShapesDataset
+
+    data = ShapesDataset(module.scenes, n, seed=5)
+    items = [data[i] for i in range(n)]
+    return {"image": torch.stack([d["image"] for d in items]), "mask": torch.stack([d["mask"] for d in items]),
+            "scene": torch.tensor([d["scene"] for d in items])}
+
+
+def test_a_frozen_text_tower_stays_as_trained(tmp_path):
+    module = _quick_module(tmp_path, freeze_text=True, sampled=2, negatives=1, adv_eps=0.0)
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    opt = module.configure_optimizers()["optimizer"]
+    for step in range(2):
+        opt.zero_grad()
+        module.training_step(_batch(module), step).backward()
+        opt.step()
+    after = module.model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("visual.") for k in moved), sorted(moved)[:5]

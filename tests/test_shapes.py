@@ -187,6 +187,24 @@ def test_train_script_refuses_contradictory_hardening_flags(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+def test_hardening_without_generator_images_needs_no_vqgan(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from vqclip.shapes.harden import harden_clip, quick_harden_config
+    from vqclip.shapes.train import ClipModule, export_clip, quick_configs, write_clip_config
+
+    clip_cfg = quick_configs()[1]
+    weights = export_clip(ClipModule(clip_cfg, write_clip_config(clip_cfg, tmp_path)), tmp_path / f"{clip_cfg.name}.json")
+    before = torch.load(weights, weights_only=True)
+    metrics = harden_clip(tmp_path, clip_cfg, dataclasses.replace(quick_harden_config(), generated=0))
+    assert not any(k.startswith("round") for k in metrics) and "zero_shot_held_out_all" in metrics
+    after = torch.load(weights, weights_only=True)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # fine-tuned in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([weights.name, f"{clip_cfg.name}.json"])
+
+
 def test_hardening_needs_both_trained_models(tmp_path):
     from vqclip.shapes.harden import harden_clip, quick_harden_config
     from vqclip.shapes.train import quick_configs

@@ -19,7 +19,8 @@ Three sources of negatives, each tied to a training caption:
   scenes (with `generated_share` of them taken from the pool instead).
 
 Optionally (`adv_eps`), the drawings are also moved to their worst case within a small pixel
-budget before the CLIP sees them (adversarial training).
+budget before the CLIP sees them (adversarial training); `freeze_text` fine-tunes the image tower
+only.
 
 Only training captions are used; `HELD_OUT` stays unseen. Entry point: `harden_clip`.
 
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from vqclip.shapes.evaluate import read_image
 from vqclip.shapes.negatives import draw_negative
 from vqclip.shapes.sampler import NegativeSampler, random_views
-from vqclip.shapes.world import coverage, draw, sample_geometry, to_tensor, train_scenes
+from vqclip.shapes.world import draw_item, to_tensor, train_scenes
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class HardenConfig:
     sample_lr: float = 0.1  # their step size (logit units)
     sample_res: Tuple[int, ...] = (8, 16, 32)  # resolutions the entries are drawn at
     reinit: float = 0.05  # chance that a picked entry starts over
+    sample_noise: float = 0.5  # share of entries that start as random palette colours, not a drawn negative
+    freeze_text: bool = True  # fine-tune the image tower only (the text tower and logit scale stay as trained)
     adv_eps: float = 0.0  # adversarial training: worst-case pixel change (L-inf, [0, 1] scale); 0: off
     adv_steps: int = 2  # projected-gradient steps that find the worst case
     lr: float = 3e-4
@@ -97,8 +100,9 @@ def check_harden_config(cfg: HardenConfig) -> None:
                          f"{cfg.negatives} and {cfg.sampled}")
     if not cfg.sample_res or min(cfg.sample_res) < 2:
         raise ValueError(f"HardenConfig.sample_res must be resolutions of at least 2, got {cfg.sample_res}")
-    if not 0.0 <= cfg.reinit <= 1.0:
-        raise ValueError(f"HardenConfig.reinit must be in 0..1, got {cfg.reinit}")
+    for name in ("reinit", "sample_noise"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"HardenConfig.{name} must be in 0..1, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.generated_share <= 1.0:
         raise ValueError(f"HardenConfig.generated_share must be in 0..1, got {cfg.generated_share}")
     for name in ("margin", "negative_weight", "adv_eps", "lr", "sample_lr"):
@@ -115,12 +119,7 @@ def quick_harden_config() -> HardenConfig:
 
 def _fresh(scenes, index: List[int], rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fresh drawings [N, 3, 128, 128] and their shape masks [N, 128, 128] of `scenes[i]` for each i."""
-    images, masks = [], []
-    for i in index:
-        scene = scenes[i]
-        geometry = sample_geometry(scene.shape, 128, rng)
-        images.append(to_tensor(draw(scene, rng, 128, geometry)))
-        masks.append(torch.from_numpy(coverage(scene.shape, geometry, 128)))
+    images, masks = zip(*(draw_item(scenes[i], rng, 128) for i in index))
     return torch.stack(images), torch.stack(masks)
 
 
@@ -139,8 +138,12 @@ def _harden_module_class():
             self.pool_scenes: List[int] = []
             self.round = 0
             self.sampler = (NegativeSampler(self.scenes, cfg.buffer, cfg.sample_res, cfg.sample_lr, cfg.reinit,
-                                            cfg.seed) if cfg.sampled else None)
+                                            cfg.seed, cfg.sample_noise) if cfg.sampled else None)
             self.sampled_scenes = 0.0
+            if cfg.freeze_text:
+                for name, param in self.model.named_parameters():
+                    if not name.startswith("visual."):
+                        param.requires_grad_(False)
 
         def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
             h = self.hcfg
@@ -279,8 +282,9 @@ def generate_negatives(models, base, cfg: HardenConfig, round_index: int, count:
 
 
 def harden_clip(out_dir: Path, clip_cfg, cfg: HardenConfig, vqgan_name: str = "vqgan") -> Dict[str, float]:
-    """Fine-tune the exported CLIP in `out_dir` against the generator (see the module doc), using
-    the VQGAN exported there; overwrite the CLIP's weights file; return metrics per round."""
+    """Fine-tune the exported CLIP in `out_dir` (see the module doc), against the generator run
+    with the VQGAN exported there when `cfg.generated` asks for its images; overwrite the CLIP's
+    weights file; return metrics (per round for the generator's images)."""
     from vqclip.config import load_config
     from vqclip.generate import load_models
     from vqclip.shapes.train import (_LogProgress, _lightning_quiet, _loader, _trainer, clip_metrics, export_clip,
@@ -290,26 +294,30 @@ def harden_clip(out_dir: Path, clip_cfg, cfg: HardenConfig, vqgan_name: str = "v
     out_dir = Path(out_dir)
     json_path, weights = out_dir / f"{clip_cfg.name}.json", out_dir / f"{clip_cfg.name}.pt"
     vq_yaml, vq_ckpt = out_dir / f"{vqgan_name}.yaml", out_dir / f"{vqgan_name}.ckpt"
-    for path in (json_path, weights, vq_yaml, vq_ckpt):
+    needed = (json_path, weights) + ((vq_yaml, vq_ckpt) if cfg.generated else ())  # the VQGAN only for the generator
+    for path in needed:
         if not path.is_file():
             raise FileNotFoundError(f"hardening needs the trained models; missing {path}")
-    base = load_config([cfg.generator_config], [])
-    base = replace(base, vqgan=replace(base.vqgan, config=str(vq_yaml), checkpoint=str(vq_ckpt)),
-                   clip=replace(base.clip, model=str(json_path), pretrained=str(weights)))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    models = load_models(base, progress=False)
+    models = base = None
+    if cfg.generated:
+        base = load_config([cfg.generator_config], [])
+        base = replace(base, vqgan=replace(base.vqgan, config=str(vq_yaml), checkpoint=str(vq_ckpt)),
+                       clip=replace(base.clip, model=str(json_path), pretrained=str(weights)))
+        models = load_models(base, progress=False)
     module = _harden_module_class()(clip_cfg, json_path, weights, cfg)
     metrics: Dict[str, float] = {}
     start = time.time()
     for r in range(cfg.rounds):
-        models.clip.model.load_state_dict(module.model.state_dict())
-        t0 = time.time()
-        images, kept, stats = generate_negatives(models, base, cfg, r, cfg.generated)
-        module.pool_images = torch.cat([module.pool_images, images])
-        module.pool_scenes = module.pool_scenes + kept
-        log.info("harden round %d: generator made %d images in %.0f s, %d read right, %d negatives (pool %d)",
-                 r + 1, stats["made"], time.time() - t0, stats["read_right"], len(kept), len(module.pool_scenes))
-        metrics.update({f"round{r + 1}_{k}": v for k, v in stats.items()})
+        if models is not None:
+            models.clip.model.load_state_dict(module.model.state_dict())
+            t0 = time.time()
+            images, kept, stats = generate_negatives(models, base, cfg, r, cfg.generated)
+            module.pool_images = torch.cat([module.pool_images, images])
+            module.pool_scenes = module.pool_scenes + kept
+            log.info("harden round %d: generator made %d images in %.0f s, %d read right, %d negatives (pool %d)",
+                     r + 1, stats["made"], time.time() - t0, stats["read_right"], len(kept), len(module.pool_scenes))
+            metrics.update({f"round{r + 1}_{k}": v for k, v in stats.items()})
         module.round = r
         with _lightning_quiet():
             trainer = _trainer(cfg.steps, cfg.precision, [_LogProgress(cfg.log_every, f"harden {r + 1}")])

@@ -8,7 +8,9 @@ manner of persistent contrastive divergence for energy-based models:
 
 - the buffer holds `size` low-resolution RGB images (logits of [3, r, r], r drawn from `resolutions`,
   shown bicubically upsampled: smooth regions, like the VQGAN's decodes), each tied to a training
-  caption; each starts as a drawn negative in its caption's colours (`vqclip.shapes.negatives`);
+  caption; each starts as a drawn negative in its caption's colours (`vqclip.shapes.negatives`)
+  or, with probability `noise`, as random palette colours, one per low-resolution pixel (the way
+  the generator starts: random tokens, every colour anywhere);
 - every fine-tuning step, `climb` moves some entries a few Adam steps (their moments kept in the
   buffer) up the cosine between their random crops (60-100% of the side, half of them whole, as
   the generator's cutouts) and their caption; so entries accumulate climbing over the run and
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from vqclip.shapes.negatives import draw_negative
-from vqclip.shapes.world import Scene, to_tensor
+from vqclip.shapes.world import PALETTE, Scene, to_tensor
 
 BETAS = (0.9, 0.999)
 
@@ -52,11 +54,13 @@ class NegativeSampler:
     """The persistent buffer (see the module doc). `scenes` are the captions entries may belong to."""
 
     def __init__(self, scenes: Sequence[Scene], size: int, resolutions: Sequence[int], lr: float,
-                 reinit: float, seed: int) -> None:
+                 reinit: float, seed: int, noise: float = 0.0) -> None:
         if size < 1 or not resolutions or min(resolutions) < 2:
             raise ValueError(f"NegativeSampler needs size >= 1 and resolutions >= 2, got {size}, {list(resolutions)}")
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"NegativeSampler noise must be a probability in 0..1, got {noise}")
         self.scenes = list(scenes)
-        self.lr, self.reinit = float(lr), float(reinit)
+        self.lr, self.reinit, self.noise = float(lr), float(reinit), float(noise)
         self.rng = np.random.default_rng((seed, 4242))
         self.scene = self.rng.integers(len(self.scenes), size=size)
         self.res = self.rng.choice(np.asarray(resolutions), size=size)
@@ -69,6 +73,10 @@ class NegativeSampler:
 
     def _start(self, i: int) -> torch.Tensor:
         r = int(self.res[i])
+        if self.noise and self.rng.random() < self.noise:
+            colours = torch.tensor(list(PALETTE.values()), dtype=torch.float32) / 255
+            pixels = colours[torch.from_numpy(self.rng.integers(len(colours), size=(r, r)))]
+            return torch.logit(pixels.permute(2, 0, 1).clamp(0.02, 0.98))
         image = to_tensor(draw_negative(self.scenes[int(self.scene[i])], self.rng))[None]
         small = F.interpolate(image, size=(r, r), mode="area")[0].clamp(0.02, 0.98)
         return torch.logit(small)

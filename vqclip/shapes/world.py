@@ -171,6 +171,14 @@ def draw(scene: Scene, rng: np.random.Generator, size: int = 128, geometry: Opti
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def draw_item(scene: Scene, rng: np.random.Generator, size: int = 128) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A fresh drawing of `scene` at random geometry as a float tensor [3, size, size] in [0, 1],
+    and its shape coverage [size, size] (what training cutouts keep in view)."""
+    geometry = sample_geometry(scene.shape, size, rng)
+    image = draw(scene, rng, size, geometry)
+    return to_tensor(image), torch.from_numpy(coverage(scene.shape, geometry, size))
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> float tensor [3, H, W] in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
@@ -197,10 +205,8 @@ class ShapesDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.seed, int(index)))
         k = int(rng.integers(len(self.scenes)))
         scene = self.scenes[k]
-        geometry = sample_geometry(scene.shape, self.size, rng)
-        image = draw(scene, rng, self.size, geometry)
-        mask = coverage(scene.shape, geometry, self.size)
-        return {"image": to_tensor(image), "mask": torch.from_numpy(mask), "caption": scene.caption, "scene": k}
+        image, mask = draw_item(scene, rng, self.size)
+        return {"image": image, "mask": mask, "caption": scene.caption, "scene": k}
 
 
 def sample_images(scenes: Sequence[Scene], n: int, seed: int = 0, size: int = 128
