@@ -4,6 +4,7 @@
     python scripts/eval_shapes.py [--config configs/shapes.yaml] [--seeds 0 1 2] [key=value ...]
     python scripts/eval_shapes.py --merge seed0.json seed1.json seed2.json --json eval.json
     python scripts/eval_shapes.py --oracle --seeds 0    # the same optimisation, guided by pixels not CLIP
+    python scripts/eval_shapes.py --screen --seeds 0    # quick: every 2nd prompt, one batched run
 
 Prints a markdown table and writes JSON (--json) and an example grid (--grid). --merge combines
 reports of separate runs (e.g. one process per seed) into one. A thin wrapper over
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from vqclip.config import load_config
 from vqclip.errors import VQClipError
-from vqclip.shapes.quality import example_grid, merge_reports, oracle_report, run_benchmark
+from vqclip.shapes.quality import example_grid, merge_reports, oracle_report, run_benchmark, screen_report
 
 
 def main() -> int:
@@ -32,9 +33,16 @@ def main() -> int:
     parser.add_argument("--oracle", action="store_true",
                         help="replace the CLIP by the pixel distance to a drawing of each caption "
                              "(vqclip.shapes.oracle): what the optimisation itself can reach")
+    parser.add_argument("--screen", type=int, nargs="?", const=2, default=None, metavar="EVERY",
+                        help="quick screen: every EVERY-th prompt of each split (default 2), all made "
+                             "together in one batched run per seed; noisier than the full run")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
+    if args.screen is not None and args.screen < 1:
+        parser.error(f"--screen takes a stride of at least 1, got {args.screen}")
+    if args.screen is not None and (args.oracle or args.merge):
+        parser.error("--screen cannot be combined with --oracle or --merge")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.threads:
         import torch
@@ -48,7 +56,10 @@ def main() -> int:
         if args.oracle:
             return _print(oracle_report(cfg, args.seeds, args.n_seen), args.json)
         with tempfile.TemporaryDirectory() as tmp:
-            report = run_benchmark(cfg, args.seeds, args.n_seen, image_dir=Path(tmp), progress=False)
+            if args.screen is not None:
+                report = screen_report(cfg, args.seeds, args.n_seen, args.screen, image_dir=Path(tmp))
+            else:
+                report = run_benchmark(cfg, args.seeds, args.n_seen, image_dir=Path(tmp), progress=False)
             if args.grid:
                 first_seed = [s for s in report.samples if s.seed == args.seeds[0]]
                 example_grid(first_seed).save(args.grid)

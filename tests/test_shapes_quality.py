@@ -2,7 +2,7 @@
 import json
 
 from vqclip import load_config
-from vqclip.shapes.quality import CHANCE, eval_scenes, example_grid, merge_reports, run_benchmark
+from vqclip.shapes.quality import CHANCE, eval_scenes, example_grid, merge_reports, run_benchmark, screen_report
 from vqclip.shapes.world import HELD_OUT, train_scenes
 
 
@@ -35,6 +35,31 @@ def test_benchmark_report(tiny_overrides, tmp_path, monkeypatch):
     assert merged.success["all"] == sum(all(s.correct.values()) for s in merged.samples) / 6
 
 
+def test_screen_takes_every_second_prompt_in_one_batched_run(tiny_overrides, tmp_path, monkeypatch):
+    import importlib
+
+    from PIL import Image
+
+    import vqclip.shapes.quality as quality
+    from vqclip.shapes.evaluate import read_image
+
+    generation = importlib.import_module("vqclip.generate")  # the module, not the function of that name
+    monkeypatch.setattr(quality, "HELD_OUT", HELD_OUT[:3])
+    runs = []
+    real = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda cfg, **kw: runs.append(cfg) or real(cfg, **kw))
+    report = screen_report(load_config([], tiny_overrides + ["steps=2"]), seeds=[0, 1], n_seen=4,
+                           image_dir=tmp_path / "img")
+    seen = eval_scenes(4)["seen"]
+    want = [s.caption for s in seen[::2]] + [s.caption for s in HELD_OUT[:3:2]]
+    assert [cfg.batch_prompts for cfg in runs] == [want, want] and [cfg.seed for cfg in runs] == [0, 1]
+    assert [s.caption for s in report.samples] == want + want
+    assert [s.split for s in report.samples[:4]] == ["seen", "seen", "held_out", "held_out"]
+    for s in report.samples:  # each image read back from the file the screen wrote
+        assert read_image(Image.open(s.path)).caption == s.read_as
+    assert report.config["screen_every"] == 2 and set(report.success) == {"seen", "held_out", "all"}
+
+
 def test_pixel_oracle_optimises_towards_the_drawings():
     """The oracle runs the generator's optimisation on the shipped demo VQGAN with a pixel guide:
     in a few steps the pixel loss of every image must drop well below where random tokens start."""
@@ -57,3 +82,18 @@ def test_oracle_report_has_the_benchmark_layout(monkeypatch):
     report = oracle_report(load_config(["configs/shapes.yaml"], ["steps=2"]), seeds=[0, 1], n_seen=1)
     assert [(s.split, s.seed) for s in report.samples] == [("seen", 0), ("held_out", 0), ("seen", 1), ("held_out", 1)]
     assert report.config["guide"] == "pixel oracle" and set(report.success) == {"seen", "held_out", "all"}
+
+
+def test_eval_script_refuses_a_screen_stride_below_one(monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "eval_shapes.py"
+    main = runpy.run_path(str(script), run_name="eval_shapes")["main"]
+    monkeypatch.setattr(sys, "argv", ["eval_shapes.py", "--screen", "0"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2 and "--screen takes a stride of at least 1, got 0" in capsys.readouterr().err

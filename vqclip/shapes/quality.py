@@ -88,14 +88,48 @@ def run_benchmark(config: GenerateConfig, seeds: Sequence[int], n_seen: int = 16
                 seconds = time.perf_counter() - start
                 image = result.images[0]
                 reading = read_image(image)
-                path = None
-                if image_dir is not None:
-                    image_dir.mkdir(parents=True, exist_ok=True)
-                    path = str(image_dir / f"{scene.caption.replace(' ', '_')}-{seed}.png")
-                    image.save(path)
+                path = _save(image, image_dir, scene, seed)
                 sample = Sample(split, scene.caption, seed, reading.caption, reading.correct(scene), seconds, path)
                 report.samples.append(sample)
                 log.info("%-45s seed %d -> %s (%.1fs)", scene.caption, seed, reading.caption, seconds)
+    return score(report)
+
+
+def _save(image, image_dir: Optional[Path], scene: Scene, seed: int) -> Optional[str]:
+    """Write `image` (PIL) as `<image_dir>/<caption>-<seed>.png` and return the path; None without a folder."""
+    if image_dir is None:
+        return None
+    image_dir.mkdir(parents=True, exist_ok=True)
+    path = str(image_dir / f"{scene.caption.replace(' ', '_')}-{seed}.png")
+    image.save(path)
+    return path
+
+
+def screen_report(config: GenerateConfig, seeds: Sequence[int], n_seen: int = 16, every: int = 2,
+                  image_dir: Optional[Path] = None) -> Report:
+    """A quick, noisier version of `run_benchmark`: every `every`-th evaluation prompt of each
+    split, all of them optimised together in one batched run per seed (`batch_prompts`, so the
+    random starts differ from one-at-a-time runs); return the scored report. For comparing
+    variants before a full benchmark."""
+    from vqclip.generate import generate, load_models
+
+    if every < 1:
+        raise ValueError(f"screen_report needs every >= 1, got {every}")
+    models = load_models(config, progress=False)
+    chosen = [(split, scene) for split, scenes in eval_scenes(n_seen).items() for scene in scenes[::every]]
+    report = Report(config={"steps": config.steps, "size": list(config.size), "cutn": config.cutouts.cutn,
+                            "lr": config.optim.lr, "seeds": list(seeds), "n_seen": n_seen, "screen_every": every,
+                            "yaml": to_yaml(replace(config, prompts=[], seed=None))})
+    for seed in seeds:
+        cfg = replace(config, prompts=[], batch_prompts=[scene.caption for _, scene in chosen],
+                      batch_size=len(chosen), seed=seed)
+        start = time.perf_counter()
+        result = generate(cfg, models=models, save=False, progress=False)
+        seconds = (time.perf_counter() - start) / len(chosen)
+        for (split, scene), image in zip(chosen, result.images):
+            reading = read_image(image)
+            report.samples.append(Sample(split, scene.caption, seed, reading.caption, reading.correct(scene),
+                                         seconds, _save(image, image_dir, scene, seed)))
     return score(report)
 
 
