@@ -98,29 +98,6 @@ def test_the_sampler_refuses_an_empty_buffer():
         NegativeSampler(train_scenes(), size=0, resolutions=(8,), lr=0.1, reinit=0.0, seed=0)
 
 
-def test_climbed_entries_that_became_their_scene_are_not_negatives(tmp_path):
-    import dataclasses
-
-    from vqclip.shapes.harden import _harden_module_class, quick_harden_config
-    from vqclip.shapes.train import ClipModule, export_clip, quick_configs, write_clip_config
-    from vqclip.shapes.world import draw, to_tensor
-
-    clip_cfg = quick_configs()[1]
-    json_path = write_clip_config(clip_cfg, tmp_path)
-    weights = export_clip(ClipModule(clip_cfg, json_path), json_path)
-    cfg = dataclasses.replace(quick_harden_config(), sampled=4, buffer=4, sample_res=(32,), sample_lr=0.0, reinit=0.0)
-    module = _harden_module_class()(clip_cfg, json_path, weights, cfg)
-    sampler, rng = module.sampler, np.random.default_rng(0)
-    drawings = [to_tensor(draw(module.scenes[int(s)], rng, 32)) for s in sampler.scene]
-    flat = [torch.full((3, 32, 32), 0.5) for _ in sampler.scene]  # grey: no scene at all
-
-    sampler.logits = [torch.logit(d.clamp(0.02, 0.98)) for d in flat[:2] + drawings[2:]]
-    images, scenes = module.sampled_negatives(module.caption_text().detach())
-    assert len(images) == len(scenes) == 2 and module.sampled_scenes == 0.5
-    assert images.shape[1:] == (3, 128, 128)
-    assert all(torch.allclose(im, torch.full_like(im, 0.5), atol=0.01) for im in images)  # the grey ones
-
-
 def _quick_module(tmp_path, **changes):
     import dataclasses
 
@@ -138,9 +115,22 @@ def _batch(module, n=4):
     from vqclip.shapes.world import ShapesDataset
 
     data = ShapesDataset(module.scenes, n, seed=5)
-    items = [data[i] for i in range(n)]
-    return {"image": torch.stack([d["image"] for d in items]), "mask": torch.stack([d["mask"] for d in items]),
-            "scene": torch.tensor([d["scene"] for d in items])}
+    return torch.utils.data.default_collate([data[i] for i in range(n)])
+
+
+def test_climbed_entries_that_became_their_scene_are_not_negatives(tmp_path):
+    from vqclip.shapes.world import draw, to_tensor
+
+    module = _quick_module(tmp_path, sampled=4, buffer=4, sample_res=(32,), sample_lr=0.0, reinit=0.0)
+    sampler, rng = module.sampler, np.random.default_rng(0)
+    drawings = [to_tensor(draw(module.scenes[int(s)], rng, 32)) for s in sampler.scene]
+    flat = [torch.full((3, 32, 32), 0.5) for _ in sampler.scene]  # grey: no scene at all
+
+    sampler.logits = [torch.logit(d.clamp(0.02, 0.98)) for d in flat[:2] + drawings[2:]]
+    images, scenes = module.sampled_negatives(module.caption_text().detach())
+    assert len(images) == len(scenes) == 2 and module.sampled_scenes == 0.5
+    assert images.shape[1:] == (3, 128, 128)
+    assert all(torch.allclose(im, torch.full_like(im, 0.5), atol=0.01) for im in images)  # the grey ones
 
 
 def test_a_frozen_text_tower_stays_as_trained(tmp_path):

@@ -70,15 +70,19 @@ class Report:
         return "\n".join(rows)
 
 
+def _record(config: GenerateConfig, seeds: Sequence[int], n_seen: int) -> Dict[str, object]:
+    """What a report keeps of the run's settings (`merge_reports` merges only equal ones)."""
+    return {"steps": config.steps, "size": list(config.size), "cutn": config.cutouts.cutn, "lr": config.optim.lr,
+            "seeds": list(seeds), "n_seen": n_seen, "yaml": to_yaml(replace(config, prompts=[], seed=None))}
+
+
 def run_benchmark(config: GenerateConfig, seeds: Sequence[int], n_seen: int = 16,
                   image_dir: Optional[Path] = None, progress: bool = False) -> Report:
     """Generate every evaluation prompt for every seed with `config`; return the scored report."""
     from vqclip.generate import generate, load_models
 
     models = load_models(config, progress=progress)
-    report = Report(config={"steps": config.steps, "size": list(config.size), "cutn": config.cutouts.cutn,
-                            "lr": config.optim.lr, "seeds": list(seeds), "n_seen": n_seen,
-                            "yaml": to_yaml(replace(config, prompts=[], seed=None))})
+    report = Report(config=_record(config, seeds, n_seen))
     for split, scenes in eval_scenes(n_seen).items():
         for scene in scenes:
             for seed in seeds:
@@ -117,9 +121,7 @@ def screen_report(config: GenerateConfig, seeds: Sequence[int], n_seen: int = 16
         raise ValueError(f"screen_report needs every >= 1, got {every}")
     models = load_models(config, progress=False)
     chosen = [(split, scene) for split, scenes in eval_scenes(n_seen).items() for scene in scenes[::every]]
-    report = Report(config={"steps": config.steps, "size": list(config.size), "cutn": config.cutouts.cutn,
-                            "lr": config.optim.lr, "seeds": list(seeds), "n_seen": n_seen, "screen_every": every,
-                            "yaml": to_yaml(replace(config, prompts=[], seed=None))})
+    report = Report(config={**_record(config, seeds, n_seen), "screen_every": every})
     for seed in seeds:
         cfg = replace(config, prompts=[], batch_prompts=[scene.caption for _, scene in chosen],
                       batch_size=len(chosen), seed=seed)
