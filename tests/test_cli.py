@@ -79,3 +79,13 @@ def test_bad_yaml_and_bad_value(capsys, tmp_path, tiny_overrides):
     assert "line" in _error(capsys)
     assert main(["x", *tiny_overrides, "steps=abc"]) == 2
     assert "'steps'" in _error(capsys)
+
+
+def test_missing_relative_checkpoint_names_the_folder_it_was_looked_up_from(capsys, tiny_overrides, tmp_path,
+                                                                             monkeypatch):
+    """Config files name model files relative to where vqclip runs: a run from another folder is told so."""
+    args = [o for o in tiny_overrides if not o.startswith("vqgan.checkpoint")]
+    monkeypatch.chdir(tmp_path)
+    assert main(["x", *args, "vqgan.checkpoint=checkpoints/shapes/vqgan.ckpt"]) == 2
+    message = _error(capsys)
+    assert "checkpoints/shapes/vqgan.ckpt" in message and f"current folder {tmp_path}" in message

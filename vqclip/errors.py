@@ -3,6 +3,19 @@
 Every error a user can cause (a bad config value, a missing or unsafe file, no network) is a
 `VQClipError`; the CLI prints its message on one line and exits with code 2. Anything else is a bug.
 """
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def missing(path: str | os.PathLike) -> str:
+    """`path` as an error message names a file that is not there: a relative path also names the
+    folder it was looked up from (config files name their model files relative to where vqclip
+    runs, not to themselves)."""
+    if Path(path).is_absolute():
+        return str(path)
+    return f"{path} (looked up from the current folder {os.getcwd()})"
 
 
 class VQClipError(Exception):
