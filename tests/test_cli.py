@@ -81,11 +81,15 @@ def test_bad_yaml_and_bad_value(capsys, tmp_path, tiny_overrides):
     assert "'steps'" in _error(capsys)
 
 
-def test_missing_relative_checkpoint_names_the_folder_it_was_looked_up_from(capsys, tiny_overrides, tmp_path,
-                                                                             monkeypatch):
+
+@pytest.mark.parametrize("key", ["vqgan.config", "vqgan.checkpoint", "clip.pretrained", "init_image", "--config"])
+def test_a_missing_relative_path_names_the_folder_it_was_looked_up_from(capsys, tiny_overrides, tmp_path,
+                                                                        monkeypatch, key):
     """Config files name model files relative to where vqclip runs: a run from another folder is told so."""
-    args = [o for o in tiny_overrides if not o.startswith("vqgan.checkpoint")]
+    relative = "checkpoints/shapes/missing.file"
+    args = [o for o in tiny_overrides if not o.startswith(key + "=")]
+    args = args + (["--config", relative] if key == "--config" else [f"{key}={relative}"])
     monkeypatch.chdir(tmp_path)
-    assert main(["x", *args, "vqgan.checkpoint=checkpoints/shapes/vqgan.ckpt"]) == 2
-    message = _error(capsys)
-    assert "checkpoints/shapes/vqgan.ckpt" in message and f"current folder {tmp_path}" in message
+    assert main(["x", *args]) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]  # after what loaded before it (the VQGAN)
+    assert message.startswith("vqclip: error: ") and "not found" in message and relative in message and f"current folder {tmp_path}" in message

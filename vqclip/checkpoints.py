@@ -16,7 +16,7 @@ from typing import Any, Dict
 
 import torch
 
-from vqclip.errors import CheckpointError, missing
+from vqclip.errors import CheckpointError, looked_up
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def safe_load(path: str | Path) -> Dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {missing(path)}")
+        raise CheckpointError(f"checkpoint not found: {looked_up(path)}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); fetch or copy it again")
     with open(path, "rb") as fh:

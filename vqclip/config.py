@@ -16,7 +16,7 @@ from typing import Any, Iterable, List, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from vqclip.errors import ConfigError, missing
+from vqclip.errors import ConfigError, looked_up
 from vqclip.starts import INITS
 
 OPTIMIZERS = ("adam", "adamw", "adagrad", "adamax", "rmsprop", "sgd")
@@ -283,7 +283,7 @@ def _load_yaml(path: str) -> Any:
     """Read one YAML config file, turning parse errors into ConfigError with line and column."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {missing(path)}")
+        raise ConfigError(f"config file not found: {looked_up(path)}")
     try:
         data = OmegaConf.load(p)
     except Exception as exc:  # yaml.YAMLError and friends; keep the position the parser reports

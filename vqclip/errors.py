@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 
-def missing(path: str | os.PathLike) -> str:
+def looked_up(path: str | os.PathLike) -> str:
     """`path` as an error message names a file that is not there: a relative path also names the
     folder it was looked up from (config files name their model files relative to where vqclip
     runs, not to themselves)."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vqclip.errors import InputImageError, missing
+from vqclip.errors import InputImageError, looked_up
 
 MIN_SIDE = 8
 MAX_PIXELS = 64 * 1024 * 1024
@@ -25,7 +25,7 @@ def open_image(path: str | Path, what: str = "image") -> Image.Image:
     """Open, check and fully decode an image file as RGB; raise InputImageError naming the problem."""
     path = Path(path)
     if not path.is_file():
-        raise InputImageError(f"{what} not found: {missing(path)}")
+        raise InputImageError(f"{what} not found: {looked_up(path)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqclip.errors import VQClipError, missing
+from vqclip.errors import VQClipError, looked_up
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class VideoInput:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise InputVideoError(f"input video not found: {missing(self.path)}")
+            raise InputVideoError(f"input video not found: {looked_up(self.path)}")
         try:
             self._reader = imageio.get_reader(str(self.path), format="FFMPEG")
             meta: Dict[str, Any] = self._reader.get_meta_data()

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from vqclip.errors import CheckpointError, ConfigError, DownloadError, missing
+from vqclip.errors import CheckpointError, ConfigError, DownloadError, looked_up
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def load_clip(model: str, pretrained: Optional[str] = None, *, device: str | tor
         else:
             net = _create_from_file(open_clip, name, path, kwargs)
     elif _looks_like_path(pretrained):
-        raise CheckpointError(f"CLIP weights file not found: {missing(pretrained)}")
+        raise CheckpointError(f"CLIP weights file not found: {looked_up(pretrained)}")
     else:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from vqclip.checkpoints import safe_load, state_dict_of
-from vqclip.errors import CheckpointError, missing
+from vqclip.errors import CheckpointError, looked_up
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def read_model_config(path: str | Path) -> Dict[str, Any]:
     """Read and check a taming model YAML; return {"target": ..., "params": {...}}."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"VQGAN config not found: {missing(path)}")
+        raise CheckpointError(f"VQGAN config not found: {looked_up(path)}")
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as exc:
