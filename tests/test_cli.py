@@ -81,7 +81,6 @@ def test_bad_yaml_and_bad_value(capsys, tmp_path, tiny_overrides):
     assert "'steps'" in _error(capsys)
 
 
-
 @pytest.mark.parametrize("key", ["vqgan.config", "vqgan.checkpoint", "clip.pretrained", "init_image", "--config"])
 def test_a_missing_relative_path_names_the_folder_it_was_looked_up_from(capsys, tiny_overrides, tmp_path,
                                                                         monkeypatch, key):
@@ -92,4 +91,5 @@ def test_a_missing_relative_path_names_the_folder_it_was_looked_up_from(capsys, 
     monkeypatch.chdir(tmp_path)
     assert main(["x", *args]) == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]  # after what loaded before it (the VQGAN)
-    assert message.startswith("vqclip: error: ") and "not found" in message and relative in message and f"current folder {tmp_path}" in message
+    assert message.startswith("vqclip: error: ") and "not found" in message
+    assert relative in message and f"current folder {tmp_path}" in message
