@@ -51,6 +51,22 @@ def test_missing_checkpoint(capsys, tiny_overrides, tmp_path):
     assert "not found" in _error(capsys)
 
 
+@pytest.mark.parametrize("key", ["clip.pretrained", "clip.model"])
+def test_missing_clip_files_fail_before_the_vqgan_loads(capsys, tiny_overrides, tmp_path, monkeypatch, key):
+    import sys
+
+    def no_vqgan(*args, **kwargs):
+        raise AssertionError("the VQGAN was loaded before the missing CLIP file was found")
+
+    monkeypatch.setattr(sys.modules["vqclip.generate"], "load_vqgan", no_vqgan)  # the module, not the function
+    missing = tmp_path / ("nope.pt" if key == "clip.pretrained" else "nope.json")
+    args = [o for o in tiny_overrides if not o.startswith(key + "=")]
+    assert main(["x", *args, f"{key}={missing}"]) == 2
+    message = _error(capsys)
+    assert str(missing) in message
+    assert ("CLIP weights file not found" if key == "clip.pretrained" else "'clip.model'") in message
+
+
 def test_corrupt_and_malicious_checkpoints(capsys, tiny_overrides, tmp_path):
     import os
     import torch

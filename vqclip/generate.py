@@ -29,7 +29,7 @@ from vqclip.ensemble import build_guides, load_extra_clips
 from vqclip.errors import ConfigError, NumericalError
 from vqclip.images import load_image_tensor, open_image, to_pil
 from vqclip.losses import image_loss_terms, parse_color, total_variation
-from vqclip.models.clip import ClipModel, load_clip
+from vqclip.models.clip import ClipModel, check_clip_files, load_clip
 from vqclip.models.vqgan import VQGAN, load_vqgan
 from vqclip.ops import clamp_with_grad, vector_quantize
 from vqclip.perf import autocast, configure_models, resolve_precision, wants_checkpointing
@@ -111,6 +111,12 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
     from vqclip.download import clip_cache_dir
 
     device = device or resolve_device(cfg.device)
+    check_clip_files(cfg.clip.model, cfg.clip.pretrained)  # a missing local file fails before the VQGAN loads
+    for i, extra in enumerate(cfg.clip.extra):
+        try:
+            check_clip_files(extra.model, extra.pretrained)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("'clip.model'", f"'clip.extra[{i}].model'")) from None
     config_path, ckpt_path = vqgan_files(cfg, progress)
     from vqclip.memory import check_memory
     from vqclip.models.vqgan import read_model_config

@@ -98,7 +98,8 @@ def resolve_model_name(model: str) -> str:
     if model.endswith(".json"):
         path = Path(model)
         if not path.is_file():
-            raise ConfigError(f"bad value for config key 'clip.model': {model!r}; the model-config JSON does not exist")
+            raise ConfigError(f"bad value for config key 'clip.model': {model!r}; the model-config JSON does not exist "
+                              f"({looked_up(model)})")
         open_clip.add_model_config(path)
         return path.stem
     known: List[str] = open_clip.list_models()
@@ -107,6 +108,16 @@ def resolve_model_name(model: str) -> str:
         hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
         raise ConfigError(f"bad value for config key 'clip.model': unknown open_clip model {model!r}{hint}")
     return model
+
+
+def check_clip_files(model: str, pretrained: Optional[str]) -> None:
+    """Fail now, before any model loads or downloads, when a local file that names this CLIP is
+    missing: the model-config JSON `model` or the weights file `pretrained` (the same errors as
+    `load_clip`'s; tags are checked as they load)."""
+    if model.endswith(".json"):
+        resolve_model_name(model)
+    if pretrained not in (None, "", "none", "null") and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+        raise CheckpointError(f"CLIP weights file not found: {looked_up(pretrained)}")
 
 
 def load_clip(model: str, pretrained: Optional[str] = None, *, device: str | torch.device = "cpu",
