@@ -144,3 +144,25 @@ def test_a_frozen_text_tower_stays_as_trained(tmp_path):
     after = module.model.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(k.startswith("visual.") for k in moved), sorted(moved)[:5]
+
+
+def test_a_frozen_text_tower_is_encoded_once_and_trains_the_same(tmp_path):
+    def train(keep_text):
+        torch.manual_seed(0)
+        module = _quick_module(tmp_path, freeze_text=True, sampled=2, negatives=1, adv_eps=0.0)
+        module.text_frozen = keep_text  # False: every step encodes the captions again
+        calls = []
+        encode_text = module.model.encode_text
+        module.model.encode_text = lambda tokens: calls.append(len(tokens)) or encode_text(tokens)
+        opt = module.configure_optimizers()["optimizer"]
+        for step in range(3):
+            torch.manual_seed(step)
+            opt.zero_grad()
+            module.training_step(_batch(module), step).backward()
+            opt.step()
+        return module.model.state_dict(), len(calls)
+
+    kept, kept_calls = train(True)
+    again, again_calls = train(False)
+    assert kept_calls == again_calls / 3  # each token set once instead of once per step
+    assert all(torch.equal(kept[k], again[k]) for k in kept)

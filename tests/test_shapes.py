@@ -198,7 +198,7 @@ def test_hardening_without_generator_images_needs_no_vqgan(tmp_path):
     clip_cfg = quick_configs()[1]
     weights = export_clip(ClipModule(clip_cfg, write_clip_config(clip_cfg, tmp_path)), tmp_path / f"{clip_cfg.name}.json")
     before = torch.load(weights, weights_only=True)
-    metrics = harden_clip(tmp_path, clip_cfg, dataclasses.replace(quick_harden_config(), generated=0))
+    metrics = harden_clip(tmp_path, clip_cfg, dataclasses.replace(quick_harden_config(), generated=0, runs=0))
     assert not any(k.startswith("round") for k in metrics) and "zero_shot_held_out_all" in metrics
     after = torch.load(weights, weights_only=True)
     assert any(not torch.equal(before[k], after[k]) for k in before)  # fine-tuned in place
@@ -235,5 +235,6 @@ def test_hardening_needs_some_negatives(tmp_path):
     from vqclip.shapes.harden import harden_clip, quick_harden_config
     from vqclip.shapes.train import quick_configs
 
-    with pytest.raises(ValueError, match="needs negatives or sampled .* at least 1, got 0 and 0"):
-        harden_clip(tmp_path, quick_configs()[1], dataclasses.replace(quick_harden_config(), negatives=0, sampled=0))
+    with pytest.raises(ValueError, match="needs negatives, sampled or runs .* at least 1, got 0, 0 and 0"):
+        harden_clip(tmp_path, quick_configs()[1],
+                    dataclasses.replace(quick_harden_config(), negatives=0, sampled=0, runs=0))

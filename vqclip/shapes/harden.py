@@ -5,13 +5,16 @@ maximises the similarity of an image to *one* caption finds textures the CLIP sc
 real drawing (docs/shapes.md). The fix is to show the CLIP such images as negatives while it is
 fine-tuned (pytorch-lightning) on fresh scenes with its usual caption losses: a margin loss makes
 each caption's cosine to a fresh drawing of it beat its cosine to each negative by `margin`.
-Three sources of negatives, each tied to a training caption:
+Four sources of negatives, each tied to a training caption:
 
 - `sampled` (the default, and the one that helps): the CLIP's own climbing buffer
   (`vqclip.shapes.sampler`): low-resolution images moved a few Adam steps up their caption's
   cosine with the current CLIP at every step, so that they follow its maxima as it changes. Those
   the network-free evaluator reads as their caption's scene are left out. Far cheaper than the
   generator (no VQGAN), so the CLIP sees thousands of its own maxima.
+- `runs`: generator runs kept going alongside the fine-tuning (`vqclip.shapes.runs`), each one step
+  of the generator's own method per fine-tuning step with the current CLIP; their images that the
+  evaluator does not read as their caption's scene are negatives like the buffer's.
 - `generated`: each round, the generator (`vqclip.generate`, the method of `configs/shapes.yaml`,
   fewer steps) makes images for training captions with the current CLIP; those the evaluator
   does not read as a scene of the world join a pool.
@@ -25,8 +28,8 @@ only.
 Only training captions are used; `HELD_OUT` stays unseen. Entry point: `harden_clip`.
 
 `scripts/train_shapes.py` runs it after training; the shipped CLIP was fine-tuned with the defaults
-of `HardenConfig`: climbing negatives only. The generated and drawn negatives and the adversarial
-training are options that did not raise the generator's success rate (docs/shapes.md).
+of `HardenConfig`: climbing negatives only. The generated and drawn negatives, the generator runs and
+the adversarial training are options that did not raise the generator's success rate (docs/shapes.md).
 """
 from __future__ import annotations
 
@@ -74,6 +77,7 @@ class HardenConfig:
     sample_res: Tuple[int, ...] = (8, 16, 32)  # resolutions the entries are drawn at
     reinit: float = 0.05  # chance that a picked entry starts over
     sample_noise: float = 0.5  # share of entries that start as random palette colours, not a drawn negative
+    runs: int = 0  # generator runs kept going alongside (vqclip.shapes.runs), one step each per step; 0: off
     freeze_text: bool = True  # fine-tune the image tower only (the text tower and logit scale stay as trained)
     adv_eps: float = 0.0  # adversarial training: worst-case pixel change (L-inf, [0, 1] scale); 0: off
     adv_steps: int = 2  # projected-gradient steps that find the worst case
@@ -92,12 +96,12 @@ def check_harden_config(cfg: HardenConfig) -> None:
     for name in counts:
         if int(getattr(cfg, name)) < 1:
             raise ValueError(f"HardenConfig.{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("generated", "negatives", "sampled"):
+    for name in ("generated", "negatives", "sampled", "runs"):
         if int(getattr(cfg, name)) < 0:
             raise ValueError(f"HardenConfig.{name} must be 0 or more, got {getattr(cfg, name)}")
-    if cfg.negatives + cfg.sampled < 1:
-        raise ValueError("HardenConfig needs negatives or sampled (or both) at least 1, got "
-                         f"{cfg.negatives} and {cfg.sampled}")
+    if cfg.negatives + cfg.sampled + cfg.runs < 1:
+        raise ValueError("HardenConfig needs negatives, sampled or runs (or several) at least 1, got "
+                         f"{cfg.negatives}, {cfg.sampled} and {cfg.runs}")
     if not cfg.sample_res or min(cfg.sample_res) < 2:
         raise ValueError(f"HardenConfig.sample_res must be resolutions of at least 2, got {cfg.sample_res}")
     for name in ("reinit", "sample_noise"):
@@ -113,7 +117,8 @@ def check_harden_config(cfg: HardenConfig) -> None:
 def quick_harden_config() -> HardenConfig:
     """One tiny round: an end-to-end check of the pipeline."""
     return HardenConfig(rounds=1, generated=2, generate_steps=2, snapshot_every=1, generate_batch=2, steps=3,
-                        batch_size=4, negatives=4, sampled=2, buffer=4, sample_steps=1, adv_eps=8 / 255, warmup=1,
+                        batch_size=4, negatives=4, sampled=2, buffer=4, sample_steps=1, runs=2, adv_eps=8 / 255,
+                        warmup=1,
                         log_every=1, precision="32-true")
 
 
@@ -140,6 +145,9 @@ def _harden_module_class():
             self.sampler = (NegativeSampler(self.scenes, cfg.buffer, cfg.sample_res, cfg.sample_lr, cfg.reinit,
                                             cfg.seed, cfg.sample_noise) if cfg.sampled else None)
             self.sampled_scenes = 0.0
+            self.runs = None  # GeneratorRuns, set by harden_clip when cfg.runs asks for them
+            self.run_scenes = 0.0
+            self.text_frozen = cfg.freeze_text  # then the caption embeddings are computed once (ClipModule.text_of)
             if cfg.freeze_text:
                 for name, param in self.model.named_parameters():
                     if not name.startswith("visual."):
@@ -157,6 +165,8 @@ def _harden_module_class():
             own = [self.pool_scenes[i] for i in pick]
             negs = [self.pool_images[torch.from_numpy(pick)].float() / 255] if n_pool else []
             sampled, climbed = self.sampled_negatives(text.detach())
+            ran, ran_scenes = self.run_negatives(text.detach())
+            sampled, climbed = torch.cat([sampled, ran]), climbed + ran_scenes
             own += climbed
             if own:
                 extra, extra_masks = _fresh(self.scenes, own, rng)
@@ -174,14 +184,15 @@ def _harden_module_class():
                 x = self.worst_case(x, target, text.detach())
             xn = [self.views(torch.cat(negs), torch.ones(sum(len(n) for n in negs), 128, 128), 1.0)] if negs else []
             if len(sampled):
-                small = F.interpolate(sampled, size=(self.cfg.image_size,) * 2, mode="area")
-                xn.append((random_views(small, self.cfg.image_size) - self.mean) / self.std)
+                xn.append(self.generator_views(sampled))
             emb = F.normalize(self.model.encode_image(torch.cat([x, *xn])).float(), dim=-1)
             img, neg = emb[:len(x)], emb[len(x):]
             loss, info = self.caption_loss(img, target, text)
             self.progress = {"loss": 0.0, **info}
             if self.sampler is not None:  # share of the climbed entries that had become their scene
                 self.progress["sampled_scenes"] = self.sampled_scenes
+            if self.runs is not None:  # share of the generator runs' images read as their scene
+                self.progress["run_scenes"] = self.run_scenes
             if len(neg):
                 # Each negative must score below a drawing of its caption by `margin` (cosine): the
                 # generator climbs the absolute cosine, so a ranking that is right by a hair is not enough.
@@ -193,6 +204,11 @@ def _harden_module_class():
                                       "beats": float((mine > theirs + h.margin).float().mean())})
             self.progress["loss"] = float(loss.detach())
             return loss
+
+        def generator_views(self, images: torch.Tensor) -> torch.Tensor:
+            """Normalised CLIP inputs of 128x128 images [N, 3, 128, 128], one generator-style crop each."""
+            small = F.interpolate(images, size=(self.cfg.image_size,) * 2, mode="area")
+            return (random_views(small, self.cfg.image_size) - self.mean) / self.std
 
         def sampled_negatives(self, text: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
             """Climb `sampled` entries of the sampler with the current CLIP (`text`: its detached
@@ -212,6 +228,28 @@ def _harden_module_class():
             scenes = [int(self.sampler.scene[i]) for i in index]
             keep = [k for k, (a, s) in enumerate(zip(pixels, scenes)) if not read_image(a).matches(self.scenes[s])]
             self.sampled_scenes = 1 - len(keep) / max(1, len(index))
+            return images[keep], [scenes[k] for k in keep]
+
+        def run_negatives(self, text: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+            """One step of every generator run with the current CLIP (`text`: its detached
+            `caption_text()`); return the images the runs showed that the evaluator does not read as
+            their caption's scene ([N, 3, 128, 128]) and their captions."""
+            if self.runs is None:
+                return torch.zeros(0, 3, 128, 128), []
+            was_training = self.model.training
+            self.model.eval()
+            frozen = [p for p in self.model.visual.parameters() if p.requires_grad]
+            for p in frozen:  # the runs need gradients for their latents only
+                p.requires_grad_(False)
+            try:
+                images, scenes = self.runs.step(self.model.encode_image, text, self.mean, self.std)
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
+                self.model.train(was_training)
+            pixels = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            keep = [k for k, (a, s) in enumerate(zip(pixels, scenes)) if not read_image(a).matches(self.scenes[s])]
+            self.run_scenes = 1 - len(keep) / max(1, len(scenes))
             return images[keep], [scenes[k] for k in keep]
 
         def worst_case(self, x: torch.Tensor, target: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
@@ -287,6 +325,8 @@ def harden_clip(out_dir: Path, clip_cfg, cfg: HardenConfig, vqgan_name: str = "v
     weights file; return metrics (per round for the generator's images)."""
     from vqclip.config import load_config
     from vqclip.generate import load_models
+    from vqclip.perf import configure_models, resolve_precision
+    from vqclip.shapes.runs import GeneratorRuns
     from vqclip.shapes.train import (_LogProgress, _lightning_quiet, _loader, _trainer, clip_metrics, export_clip,
                                      load_exported_clip)
 
@@ -294,18 +334,26 @@ def harden_clip(out_dir: Path, clip_cfg, cfg: HardenConfig, vqgan_name: str = "v
     out_dir = Path(out_dir)
     json_path, weights = out_dir / f"{clip_cfg.name}.json", out_dir / f"{clip_cfg.name}.pt"
     vq_yaml, vq_ckpt = out_dir / f"{vqgan_name}.yaml", out_dir / f"{vqgan_name}.ckpt"
-    needed = (json_path, weights) + ((vq_yaml, vq_ckpt) if cfg.generated else ())  # the VQGAN only for the generator
+    uses_generator = bool(cfg.generated or cfg.runs)
+    needed = (json_path, weights) + ((vq_yaml, vq_ckpt) if uses_generator else ())  # the VQGAN only for the generator
     for path in needed:
         if not path.is_file():
             raise FileNotFoundError(f"hardening needs the trained models; missing {path}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     models = base = None
-    if cfg.generated:
+    if uses_generator:
         base = load_config([cfg.generator_config], [])
         base = replace(base, vqgan=replace(base.vqgan, config=str(vq_yaml), checkpoint=str(vq_ckpt)),
                        clip=replace(base.clip, model=str(json_path), pretrained=str(weights)))
         models = load_models(base, progress=False)
     module = _harden_module_class()(clip_cfg, json_path, weights, cfg)
+    if cfg.runs:
+        device = torch.device("cpu")
+        configure_models(base, models, device)  # the generator's memory format and attention
+        module.runs = GeneratorRuns(models.vqgan, module.scenes, cfg.runs, base, cfg.seed, clip_cfg.image_size,
+                                    resolve_precision(base.precision, device))
+    if not cfg.generated:
+        models = None  # no rounds of generated images
     metrics: Dict[str, float] = {}
     start = time.time()
     for r in range(cfg.rounds):

@@ -463,6 +463,8 @@ class ClipModule(pl.LightningModule):
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.augment = _clip_augments()
         self.progress: Dict[str, float] = {}
+        self.text_frozen = False  # True: the text tower does not train, so its embeddings are kept (text_of)
+        self._text_cache: Dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def views(self, images: torch.Tensor, masks: torch.Tensor, ramp: float) -> torch.Tensor:
@@ -480,7 +482,17 @@ class ClipModule(pl.LightningModule):
 
     def caption_text(self) -> torch.Tensor:
         """Normalised text embeddings of all training captions [len(scenes), D]."""
-        return F.normalize(self.model.encode_text(self.tokens).float(), dim=-1)
+        return self.text_of("tokens")
+
+    def text_of(self, buffer: str) -> torch.Tensor:
+        """Normalised text embeddings of the token buffer named `buffer`; computed once and kept
+        while `text_frozen` (a text tower that does not train gives the same embeddings every step)."""
+        if self.text_frozen and buffer in self._text_cache:
+            return self._text_cache[buffer]
+        text = F.normalize(self.model.encode_text(getattr(self, buffer)).float(), dim=-1)
+        if self.text_frozen:
+            self._text_cache[buffer] = text.detach()
+        return text
 
     def caption_loss(self, img: torch.Tensor, target: torch.Tensor, txt: Optional[torch.Tensor] = None
                      ) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -494,7 +506,7 @@ class ClipModule(pl.LightningModule):
         loss = loss_full
         parts = []
         for fam in self.families:
-            ftxt = F.normalize(self.model.encode_text(getattr(self, f"{fam}_tokens")).float(), dim=-1)
+            ftxt = self.text_of(f"{fam}_tokens")
             parts.append(F.cross_entropy(scale * img @ ftxt.T, getattr(self, f"{fam}_target")[target]))
         if parts and self.cfg.partial_weight:
             loss = loss + self.cfg.partial_weight * torch.stack(parts).mean()
