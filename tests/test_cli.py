@@ -51,7 +51,7 @@ def test_missing_checkpoint(capsys, tiny_overrides, tmp_path):
     assert "not found" in _error(capsys)
 
 
-@pytest.mark.parametrize("key", ["clip.pretrained", "clip.model"])
+@pytest.mark.parametrize("key", ["clip.pretrained", "clip.model", "clip.extra"])
 def test_missing_clip_files_fail_before_the_vqgan_loads(capsys, tiny_overrides, tmp_path, monkeypatch, key):
     import sys
 
@@ -61,10 +61,13 @@ def test_missing_clip_files_fail_before_the_vqgan_loads(capsys, tiny_overrides, 
     monkeypatch.setattr(sys.modules["vqclip.generate"], "load_vqgan", no_vqgan)  # the module, not the function
     missing = tmp_path / ("nope.pt" if key == "clip.pretrained" else "nope.json")
     args = [o for o in tiny_overrides if not o.startswith(key + "=")]
-    assert main(["x", *args, f"{key}={missing}"]) == 2
+    setting = f"clip.extra=[{{model: {missing}, pretrained: null}}]" if key == "clip.extra" else f"{key}={missing}"
+    assert main(["x", *args, setting]) == 2
     message = _error(capsys)
     assert str(missing) in message
-    assert ("CLIP weights file not found" if key == "clip.pretrained" else "'clip.model'") in message
+    expected = {"clip.pretrained": "CLIP weights file not found", "clip.model": "'clip.model'",
+                "clip.extra": "'clip.extra[0].model'"}
+    assert expected[key] in message
 
 
 def test_corrupt_and_malicious_checkpoints(capsys, tiny_overrides, tmp_path):

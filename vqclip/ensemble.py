@@ -7,15 +7,16 @@ of different CLIP models live in different spaces and cannot be shared.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import torch
 from torch import nn
 
 from vqclip.errors import ConfigError
-from vqclip.models.clip import ClipModel, load_clip
+from vqclip.models.clip import ClipModel, check_clip_files, load_clip
 from vqclip.prompts import Target
 
 if TYPE_CHECKING:
@@ -42,15 +43,29 @@ class Guide:
         return [t(embeds) * self.weight for t in self.targets]
 
 
+@contextlib.contextmanager
+def _naming_extra(i: int) -> Iterator[None]:
+    """ConfigErrors raised inside name the `clip.extra[i]` keys instead of `clip.model`/`clip.pretrained`."""
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc).replace("'clip.model'", f"'clip.extra[{i}].model'")
+        raise ConfigError(text.replace("'clip.pretrained'", f"'clip.extra[{i}].pretrained'")) from None
+
+
+def check_extra_clip_files(cfg: "GenerateConfig") -> None:
+    """`check_clip_files` for every `clip.extra` model (before any model loads)."""
+    for i, extra in enumerate(cfg.clip.extra):
+        with _naming_extra(i):
+            check_clip_files(extra.model, extra.pretrained)
+
+
 def load_extra_clips(cfg: "GenerateConfig", device: torch.device, cache_dir: Optional[str] = None) -> List[ClipModel]:
     """Load every `clip.extra` model, frozen, on `device`; errors name the `clip.extra[i]` key."""
     models = []
     for i, extra in enumerate(cfg.clip.extra):
-        try:
+        with _naming_extra(i):
             models.append(load_clip(extra.model, extra.pretrained, device=device, cache_dir=cache_dir))
-        except ConfigError as exc:
-            text = str(exc).replace("'clip.model'", f"'clip.extra[{i}].model'")
-            raise ConfigError(text.replace("'clip.pretrained'", f"'clip.extra[{i}].pretrained'")) from None
         log.info("CLIP ensemble: %s (%s) with weight %g, input %dpx", extra.model, extra.pretrained,
                  extra.weight, models[-1].input_size)
     return models

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from vqclip.blocks import block_mean, block_tokens, check_block
 from vqclip.config import GenerateConfig, batch_count, validate
 from vqclip.cutouts import build_augments, make_cutouts, make_cutouts_loop, scheduled_blur
-from vqclip.ensemble import build_guides, load_extra_clips
+from vqclip.ensemble import build_guides, check_extra_clip_files, load_extra_clips
 from vqclip.errors import ConfigError, NumericalError
 from vqclip.images import load_image_tensor, open_image, to_pil
 from vqclip.losses import image_loss_terms, parse_color, total_variation
@@ -112,11 +112,7 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
 
     device = device or resolve_device(cfg.device)
     check_clip_files(cfg.clip.model, cfg.clip.pretrained)  # a missing local file fails before the VQGAN loads
-    for i, extra in enumerate(cfg.clip.extra):
-        try:
-            check_clip_files(extra.model, extra.pretrained)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("'clip.model'", f"'clip.extra[{i}].model'")) from None
+    check_extra_clip_files(cfg)
     config_path, ckpt_path = vqgan_files(cfg, progress)
     from vqclip.memory import check_memory
     from vqclip.models.vqgan import read_model_config

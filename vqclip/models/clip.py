@@ -23,6 +23,8 @@ from vqclip.errors import CheckpointError, ConfigError, DownloadError, looked_up
 
 log = logging.getLogger(__name__)
 
+NO_WEIGHTS = (None, "", "none", "null")  # clip.pretrained values that mean random weights
+
 
 class ClipModel(nn.Module):
     """Frozen open_clip model + tokenizer + preprocessing constants.
@@ -116,7 +118,7 @@ def check_clip_files(model: str, pretrained: Optional[str]) -> None:
     `load_clip`'s; tags are checked as they load)."""
     if model.endswith(".json"):
         resolve_model_name(model)
-    if pretrained not in (None, "", "none", "null") and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+    if pretrained not in NO_WEIGHTS and _looks_like_path(pretrained) and not Path(pretrained).is_file():
         raise CheckpointError(f"CLIP weights file not found: {looked_up(pretrained)}")
 
 
@@ -127,7 +129,7 @@ def load_clip(model: str, pretrained: Optional[str] = None, *, device: str | tor
 
     name = resolve_model_name(model)
     kwargs = {"precision": "fp32", "device": "cpu"}
-    if pretrained in (None, "", "none", "null"):
+    if pretrained in NO_WEIGHTS:
         log.warning("CLIP %s has random weights (clip.pretrained is null): fine for tests, useless for images", name)
         net = open_clip.create_model(name, pretrained=None, **kwargs)
     elif Path(pretrained).is_file():

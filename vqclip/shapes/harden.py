@@ -224,11 +224,9 @@ def _harden_module_class():
                                self.cfg.image_size)
             self.model.train(was_training)
             images = self.sampler.render(index, 128)
-            pixels = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
             scenes = [int(self.sampler.scene[i]) for i in index]
-            keep = [k for k, (a, s) in enumerate(zip(pixels, scenes)) if not read_image(a).matches(self.scenes[s])]
-            self.sampled_scenes = 1 - len(keep) / max(1, len(index))
-            return images[keep], [scenes[k] for k in keep]
+            images, scenes, self.sampled_scenes = self.not_their_scene(images, scenes)
+            return images, scenes
 
         def run_negatives(self, text: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
             """One step of every generator run with the current CLIP (`text`: its detached
@@ -247,10 +245,15 @@ def _harden_module_class():
                 for p in frozen:
                     p.requires_grad_(True)
                 self.model.train(was_training)
+            images, scenes, self.run_scenes = self.not_their_scene(images, scenes)
+            return images, scenes
+
+        def not_their_scene(self, images: torch.Tensor, scenes: List[int]) -> Tuple[torch.Tensor, List[int], float]:
+            """Of `images` ([N, 3, H, W] in [0, 1], made for captions `scenes`), those the evaluator does
+            not read as their caption's scene, their captions, and the share that it does read so."""
             pixels = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
             keep = [k for k, (a, s) in enumerate(zip(pixels, scenes)) if not read_image(a).matches(self.scenes[s])]
-            self.run_scenes = 1 - len(keep) / max(1, len(scenes))
-            return images[keep], [scenes[k] for k in keep]
+            return images[keep], [scenes[k] for k in keep], 1 - len(keep) / max(1, len(scenes))
 
         def worst_case(self, x: torch.Tensor, target: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
             """Normalised inputs `x` moved, within `adv_eps` per pixel, to where the CLIP is most

@@ -31,8 +31,7 @@ from vqclip.cutouts import build_augments, make_cutouts
 from vqclip.generate import cosine_lr, synth
 from vqclip.perf import autocast
 from vqclip.prompts import spherical_distance
-
-BETAS = (0.9, 0.999)
+from vqclip.shapes.sampler import adam_direction
 
 
 class GeneratorRuns:
@@ -51,7 +50,9 @@ class GeneratorRuns:
         w, h = base.size
         self.grid = (h // vqgan.factor, w // vqgan.factor)
         self.rng = np.random.default_rng((seed, 5151))
-        self.gen = torch.Generator().manual_seed(int(self.rng.integers(2 ** 31)))
+        codebook = vqgan.codebook.detach()
+        self.z_min = codebook.min(0).values.view(1, -1, 1, 1)  # the generator's clamp: the codebook's range
+        self.z_max = codebook.max(0).values.view(1, -1, 1, 1)
         cut = base.cutouts
         self.input_size = int(input_size)  # the CLIP's
         self.augment = build_augments(cut.augments, self.input_size, cut.noise)
@@ -63,9 +64,6 @@ class GeneratorRuns:
         for i in range(count):
             self._start(i)
         self.restarts = 0
-
-    def __len__(self) -> int:
-        return len(self.z)
 
     def _start(self, i: int) -> None:
         h, w = self.grid
@@ -100,16 +98,11 @@ class GeneratorRuns:
         blocked = torch.as_tensor(self.age < cfg.latent_block_steps * self.life).view(-1, 1, 1, 1)
         if cfg.latent_block > 1 and bool(blocked.any()):
             grad = torch.where(blocked, block_mean(grad, cfg.latent_block), grad)
-        b1, b2 = BETAS
         t = torch.as_tensor(self.age + 1, dtype=torch.float32).view(-1, 1, 1, 1)
-        self.m = b1 * self.m + (1 - b1) * grad
-        self.v = b2 * self.v + (1 - b2) * grad * grad
+        self.m, self.v, update = adam_direction(self.m, self.v, grad, t)
         final = cfg.optim.final_lr if cfg.optim.final_lr is not None else cfg.optim.lr
         lr = torch.tensor([cosine_lr(cfg.optim.lr, final, int(a), self.life) for a in self.age]).view(-1, 1, 1, 1)
-        update = (self.m / (1 - b1 ** t)) / ((self.v / (1 - b2 ** t)).sqrt() + 1e-8)
-        codebook = self.vqgan.codebook.detach()
-        lo, hi = codebook.min(0).values.view(1, -1, 1, 1), codebook.max(0).values.view(1, -1, 1, 1)
-        self.z = (self.z - lr * update).maximum(lo).minimum(hi)
+        self.z = (self.z - lr * update).maximum(self.z_min).minimum(self.z_max)
         seen, scenes = image.detach().clamp(0, 1), [int(s) for s in self.scene]
         self.age += 1
         for i in np.flatnonzero(self.age >= self.life):

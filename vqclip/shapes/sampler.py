@@ -35,6 +35,16 @@ from vqclip.shapes.world import PALETTE, Scene, to_tensor
 BETAS = (0.9, 0.999)
 
 
+def adam_direction(m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, t: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Adam update of the moments `m`, `v` with `grad` at step `t` (1 for the first; per entry,
+    broadcast); return the new moments and the bias-corrected direction (a step is `lr` times it)."""
+    b1, b2 = BETAS
+    m = b1 * m + (1 - b1) * grad
+    v = b2 * v + (1 - b2) * grad * grad
+    return m, v, (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + 1e-8)
+
+
 def random_views(images: torch.Tensor, size: int) -> torch.Tensor:
     """One random square crop of each image [N, 3, H, W] at `size` x `size`: the side 60-100% of
     the image's (the whole image half of the time), anywhere inside it, mirrored half of the time."""
@@ -102,7 +112,6 @@ class NegativeSampler:
         groups: Dict[int, List[int]] = {}
         for i in map(int, index):
             groups.setdefault(int(self.res[i]), []).append(i)
-        b1, b2 = BETAS
         for members in groups.values():
             p = torch.stack([self.logits[i] for i in members])
             m = torch.stack([self.moments[i][0] for i in members])
@@ -116,9 +125,7 @@ class NegativeSampler:
                     emb = F.normalize(encode(views).float(), dim=-1)
                     grad, = torch.autograd.grad((emb * target).sum(), p)
                 t = t + 1
-                m = b1 * m + (1 - b1) * grad
-                v = b2 * v + (1 - b2) * grad * grad
-                update = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + 1e-8)
+                m, v, update = adam_direction(m, v, grad, t)
                 p = (p.detach() + self.lr * update).clamp(-6, 6)
             for j, i in enumerate(members):
                 self.logits[i], self.moments[i] = p[j].detach(), (m[j], v[j])
