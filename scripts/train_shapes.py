@@ -3,6 +3,7 @@
 
     python scripts/train_shapes.py --out checkpoints/shapes --parallel    # both models, then harden the CLIP
     python scripts/train_shapes.py --out /tmp/shapes --only harden      # only harden the CLIP already there
+    python scripts/train_shapes.py --out /tmp/shapes --only noise       # only its second, noised phase
     python scripts/train_shapes.py --quick --out /tmp/shapes-quick     # a few steps, tiny models
 
 All the work is in vqclip.shapes.train; this maps arguments onto its configs.
@@ -16,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vqclip.shapes.harden import HardenConfig, quick_harden_config
+from vqclip.shapes.harden import HardenConfig, noise_phase, quick_harden_config
 from vqclip.shapes.train import ClipTrainConfig, VQGANTrainConfig, quick_configs, train_all
 
 
@@ -24,12 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, train, print the metrics as JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("checkpoints/shapes"), help="folder for the exported files")
-    p.add_argument("--only", choices=("vqgan", "clip", "harden"),
-                   help="train just one of the two models, or only harden the CLIP already in --out "
-                        "against the generator (needs both models there)")
+    p.add_argument("--only", choices=("vqgan", "clip", "harden", "noise"),
+                   help="train just one of the two models, or only fine-tune the CLIP already in --out "
+                        "(harden: both phases; noise: the second, noised phase only)")
     p.add_argument("--harden", action=argparse.BooleanOptionalAction, default=None,
-                   help="after training both models, fine-tune the CLIP against its own maxima "
-                        "(vqclip.shapes.harden, docs/shapes.md); on by default unless --only picks one model")
+                   help="after training both models, fine-tune the CLIP against its own maxima, then "
+                        "again on noised views (vqclip.shapes.harden, docs/shapes.md); on by default "
+                        "unless --only picks one model")
     p.add_argument("--harden-rounds", type=int, help="override the number of hardening rounds")
     p.add_argument("--quick", action="store_true", help="tiny models, a few steps: checks the pipeline only")
     p.add_argument("--parallel", action="store_true", help="train the two models in two processes at once")
@@ -55,10 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     harden = quick_harden_config() if args.quick else HardenConfig()
     harden = dataclasses.replace(harden, seed=args.seed,
                                  **({"rounds": args.harden_rounds} if args.harden_rounds else {}))
+    phases = [("harden", harden), ("noise", noise_phase(dataclasses.replace(harden, rounds=1), quick=args.quick))]
     only = args.only
+    if only == "noise":
+        phases = phases[1:]
+    elif not (only == "harden" or (only is None and args.harden is not False)):
+        phases = []
     metrics = train_all(args.out, vq if only in (None, "vqgan") else None, clip if only in (None, "clip") else None,
                         parallel=args.parallel, threads=args.threads,
-                        harden=harden if only == "harden" or (only is None and args.harden is not False) else None,
+                        harden=phases,
                         clip_for_harden=clip)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -146,7 +146,9 @@ def test_quick_training_writes_loadable_files_in_the_published_formats(tmp_path)
     hardened = report["metrics"]["harden"]
     assert hardened["round1_made"] == 4
     assert hardened["round1_negatives"] + hardened["round1_read_as_a_scene"] == 4
-    assert set(report["wall_seconds"]) == {"vqgan+clip", "harden"}
+    assert set(report["wall_seconds"]) == {"vqgan+clip", "harden", "noise"}
+    # then its second phase, on noised views
+    assert report["configs"]["noise"]["noise"] == 1.0 and report["configs"]["harden"]["noise"] == 0.0
 
     # Hardening again on its own changes the CLIP's weights, keeps it loadable and keeps the
     # record of how the models it started from were trained.
@@ -160,7 +162,7 @@ def test_quick_training_writes_loadable_files_in_the_published_formats(tmp_path)
     assert report["metrics"]["vqgan"]["steps"] == 4 and "harden" in report["metrics"]
 
 
-def test_train_script_hardens_by_default_and_not_with_no_harden(tmp_path):
+def test_train_script_hardens_by_default_and_not_with_no_harden(tmp_path, capsys):
     import runpy
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes.py"
@@ -170,8 +172,13 @@ def test_train_script_hardens_by_default_and_not_with_no_harden(tmp_path):
     assert set(report["metrics"]) == {"vqgan", "clip"}
     assert main(["--quick", "--out", str(tmp_path / "default"), "--clip-name", "shapes-clip-quick-test"]) == 0
     report = json.loads((tmp_path / "default" / "training.json").read_text())
-    assert set(report["metrics"]) == {"vqgan", "clip", "harden"}
+    assert set(report["metrics"]) == {"vqgan", "clip", "harden", "noise"}
     assert report["configs"]["harden"]["sampled"] == 2  # the quick run's climbing negatives
+    # --only noise runs the second, noised phase alone on the models already there
+    capsys.readouterr()
+    assert main(["--quick", "--only", "noise", "--out", str(tmp_path / "default"),
+                 "--clip-name", "shapes-clip-quick-test"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"noise"}
 
 
 def test_train_script_refuses_contradictory_hardening_flags(tmp_path, capsys):
@@ -205,6 +212,30 @@ def test_hardening_without_generator_images_needs_no_vqgan(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([weights.name, f"{clip_cfg.name}.json"])
 
 
+def test_noised_fine_tuning_is_what_changes_the_weights(tmp_path):
+    import dataclasses
+    import shutil
+
+    import torch
+
+    from vqclip.shapes.harden import harden_clip, noise_phase, quick_harden_config
+    from vqclip.shapes.train import ClipModule, export_clip, quick_configs, write_clip_config
+
+    clip_cfg = quick_configs()[1]
+    start = tmp_path / "start"
+    export_clip(ClipModule(clip_cfg, write_clip_config(clip_cfg, start)), start / f"{clip_cfg.name}.json")
+    plain = dataclasses.replace(quick_harden_config(), generated=0, runs=0, adv_eps=0.0)
+    assert noise_phase(plain, quick=True) == dataclasses.replace(plain, noise=1.0)
+    assert noise_phase(plain).steps == 600 and noise_phase(plain).noise == 1.0  # the shipped recipe's second phase
+    results = {}
+    for name, cfg in (("a", plain), ("b", plain), ("noised", noise_phase(plain, quick=True))):
+        shutil.copytree(start, tmp_path / name)
+        harden_clip(tmp_path / name, clip_cfg, cfg)
+        results[name] = torch.load(tmp_path / name / f"{clip_cfg.name}.pt", weights_only=True)
+    assert all(torch.equal(results["a"][k], results["b"][k]) for k in results["a"])  # seeded: the same twice
+    assert any(not torch.equal(results["a"][k], results["noised"][k]) for k in results["a"])
+
+
 def test_hardening_needs_both_trained_models(tmp_path):
     from vqclip.shapes.harden import harden_clip, quick_harden_config
     from vqclip.shapes.train import quick_configs
@@ -217,6 +248,7 @@ def test_hardening_needs_both_trained_models(tmp_path):
                                                    ("sample_steps", 0, "sample_steps must be at least 1, got 0"),
                                                    ("sample_res", (1,), "sample_res must be resolutions of at least 2"),
                                                    ("reinit", 2.0, "reinit must be in 0..1, got 2.0"),
+                                                   ("noise", -0.1, "noise must be 0 or more, got -0.1"),
                                                    ("generated_share", 1.5, "generated_share must be in 0..1"),
                                                    ("margin", -0.1, "margin must be 0 or more")])
 def test_bad_hardening_settings_name_the_field(tmp_path, field, value, message):

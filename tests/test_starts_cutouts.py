@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from vqclip import generate, load_config, load_models
-from vqclip.cutouts import gaussian_blur, make_cutouts, sample_boxes, scheduled_blur
+from vqclip.cutouts import add_noise, gaussian_blur, make_cutouts, sample_boxes, scheduled_blur, scheduled_sigma
 from vqclip.errors import ConfigError
 from vqclip.generate import cosine_lr, initial_latent
 from vqclip.starts import flat_image, smooth_image, start_image
@@ -68,6 +68,8 @@ def test_whole_share_is_whole_views():
     ("cutouts.whole=-0.1", "'cutouts.whole'.*\\[0, 1\\]"),
     ("cutouts.blur=-1", "'cutouts.blur'.*>= 0"),
     ("cutouts.blur_steps=2", "'cutouts.blur_steps'.*\\[0, 1\\]"),
+    ("cutouts.sigma=-0.5", "'cutouts.sigma'.*>= 0"),
+    ("cutouts.sigma_end=0.2", "'cutouts.sigma_end'.*\\[0, cutouts.sigma = 0.0\\]"),
 ])
 def test_bad_method_values(override, words):
     with pytest.raises(ConfigError, match=words):
@@ -85,6 +87,35 @@ def test_scheduled_blur_is_coarse_to_fine():
     assert torch.allclose(half, gaussian_blur(image, 2.0))
     assert scheduled_blur(image, 4.0, step=50, until=50) is image
     assert scheduled_blur(image, 4.0, step=3, until=0) is image
+
+
+def test_scheduled_sigma_falls_from_sigma_to_sigma_end():
+    assert scheduled_sigma(1.0, 0.04, 0, 11) == pytest.approx(1.0)
+    assert scheduled_sigma(1.0, 0.04, 5, 11) == pytest.approx(0.2)  # geometric: the middle is sqrt(1 * 0.04)
+    assert scheduled_sigma(1.0, 0.04, 10, 11) == pytest.approx(0.04)
+    assert [scheduled_sigma(0.5, 0.0, s, 3) for s in range(3)] == pytest.approx([0.5, 0.25, 0.0])  # linear to 0
+    assert scheduled_sigma(0.0, 0.0, 0, 10) == 0.0
+    cuts = torch.rand(64, 3, 16, 16)
+    assert add_noise(cuts, 0.0) is cuts
+    assert float((add_noise(cuts, 0.3) - cuts).std()) == pytest.approx(0.3, rel=0.05)
+
+
+def test_clip_sees_noised_cutouts_with_sigma(tiny_overrides):
+    def first_inputs(extra):
+        seen = []
+
+        def spy(run):
+            encode = run.models.clip.encode_image
+            run.models.clip.encode_image = lambda x: (seen.append(x.detach().clone()), encode(x))[1]
+
+        cfg = load_config([], tiny_overrides + ["steps=2", "cutouts.augments=[]"] + extra, prompts=["a red car"])
+        generate(cfg, save=False, progress=False, setup=spy)
+        return seen[0]
+
+    clean, noised = first_inputs([]), first_inputs(["cutouts.sigma=0.4", "cutouts.sigma_end=0.1"])
+    assert clean.shape == noised.shape
+    assert float((noised - clean).std()) == pytest.approx(0.4, rel=0.05)  # step 0: the noise of cutouts.sigma
+    assert float((noised - clean).mean()) == pytest.approx(0.0, abs=0.02)
 
 
 def test_cosine_learning_rate_schedule(tiny_overrides):

@@ -103,6 +103,13 @@ class CutoutsConfig:
     # Coarse to fine: CLIP sees the image blurred, the blur shrinking linearly to none.
     blur: float = _help("std in pixels of a Gaussian blur of the image CLIP sees at step 0 (0: off)", default=0.0)
     blur_steps: float = _help("fraction of the steps over which that blur shrinks to none, 0..1", default=0.5)
+    # Noised views, high to low: every cutout gets Gaussian pixel noise whose std falls from `sigma` at the
+    # first step to `sigma_end` at the last (geometrically; linearly when sigma_end is 0). For a CLIP
+    # trained on noised images this is what points the gradient at whole scenes early on.
+    sigma: float = _help("std of Gaussian pixel noise ([0, 1] scale) on every cutout at the first step (0: off)",
+                         default=0.0)
+    sigma_end: float = _help("that std at the last step, 0..sigma (geometric decay; linear to 0 when 0)",
+                             default=0.0)
 
 
 @dataclass
@@ -389,6 +396,9 @@ def validate(cfg: GenerateConfig) -> None:
     _check(0 <= cfg.cutouts.whole <= 1, "cutouts.whole", "a number in [0, 1]", cfg.cutouts.whole)
     _check(cfg.cutouts.blur >= 0, "cutouts.blur", "a number >= 0", cfg.cutouts.blur)
     _check(0 <= cfg.cutouts.blur_steps <= 1, "cutouts.blur_steps", "a number in [0, 1]", cfg.cutouts.blur_steps)
+    _check(cfg.cutouts.sigma >= 0, "cutouts.sigma", "a number >= 0", cfg.cutouts.sigma)
+    _check(0 <= cfg.cutouts.sigma_end <= cfg.cutouts.sigma or cfg.cutouts.sigma_end == 0, "cutouts.sigma_end",
+           f"a number in [0, cutouts.sigma = {cfg.cutouts.sigma}]", cfg.cutouts.sigma_end)
     _check(cfg.init in INITS, "init", ", ".join(INITS), cfg.init)
     _check(cfg.losses.tones_k >= 1, "losses.tones_k", "an integer >= 1", cfg.losses.tones_k)
     _check(cfg.latent_block >= 1, "latent_block", "an integer >= 1", cfg.latent_block)

@@ -11,6 +11,9 @@ benchmark's baseline and for comparison. `build_augments(names)` turns config na
 
 `scheduled_blur` blurs the image CLIP sees early in a run (coarse to fine): while the blur is strong,
 only large regions of colour change what CLIP sees, so the composition forms before the detail.
+`scheduled_sigma` and `add_noise` noise every cutout, the noise falling over the run (high to low):
+for a CLIP trained on noised images, the gradient at a noised view points towards the clean images
+of the caption, which is what pulls a texture into a scene.
 """
 from __future__ import annotations
 
@@ -142,6 +145,22 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     out = F.pad(out, (0, 0, radius, radius), mode="reflect")
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def scheduled_sigma(sigma: float, sigma_end: float, step: int, steps: int) -> float:
+    """The noise std at `step` of `steps`: `sigma` at step 0, `sigma_end` at the last step, geometric in
+    between (linear when `sigma_end` is 0)."""
+    t = step / (steps - 1) if steps > 1 else 1.0
+    if sigma <= 0:
+        return 0.0
+    if sigma_end > 0:
+        return sigma * (sigma_end / sigma) ** t
+    return sigma * (1 - t)
+
+
+def add_noise(cutouts: torch.Tensor, std: float) -> torch.Tensor:
+    """Cutouts plus Gaussian noise of std `std` (torch's global RNG); the cutouts themselves when 0."""
+    return cutouts + std * torch.randn_like(cutouts) if std > 0 else cutouts
 
 
 def scheduled_blur(images: torch.Tensor, sigma: float, step: int, until: float) -> torch.Tensor:

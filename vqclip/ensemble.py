@@ -35,11 +35,12 @@ class Guide:
     augment: nn.Module
     targets: List[Target]
 
-    def terms(self, image: torch.Tensor, config: "GenerateConfig") -> List[torch.Tensor]:
-        """This model's loss terms for images [B, 3, H, W]: one weighted [B] tensor per target."""
+    def terms(self, image: torch.Tensor, config: "GenerateConfig", noise: float = 0.0) -> List[torch.Tensor]:
+        """This model's loss terms for images [B, 3, H, W] (cutouts noised with std `noise`): one
+        weighted [B] tensor per target."""
         from vqclip.generate import embed_cutouts
 
-        embeds = embed_cutouts(self.clip, self.augment, image, config)
+        embeds = embed_cutouts(self.clip, self.augment, image, config, noise=noise)
         return [t(embeds) * self.weight for t in self.targets]
 
 

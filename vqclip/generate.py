@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from vqclip.blocks import block_mean, block_tokens, check_block
 from vqclip.config import GenerateConfig, batch_count, validate
-from vqclip.cutouts import build_augments, make_cutouts, make_cutouts_loop, scheduled_blur
+from vqclip.cutouts import add_noise, build_augments, make_cutouts, make_cutouts_loop, scheduled_blur, scheduled_sigma
 from vqclip.ensemble import build_guides, check_extra_clip_files, load_extra_clips
 from vqclip.errors import ConfigError, NumericalError
 from vqclip.images import load_image_tensor, open_image, to_pil
@@ -149,16 +149,17 @@ def synth(vqgan: VQGAN, z: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
 
 
 def embed_cutouts(clip: ClipModel, augment: torch.nn.Module, images: torch.Tensor, cfg: GenerateConfig,
-                  timer: Timer = no_timer) -> torch.Tensor:
+                  timer: Timer = no_timer, noise: float = 0.0) -> torch.Tensor:
     """Images [B, 3, H, W] -> float32 CLIP embeddings of their augmented cutouts [B, cutn, D].
 
-    Cutouts are resampled in one batched call (or a loop, `cutouts.batched=false`); CLIP runs in
-    the config's precision. `timer` wraps the "cutouts" and "clip" phases.
+    Cutouts are resampled in one batched call (or a loop, `cutouts.batched=false`), augmented, and
+    given Gaussian pixel noise of std `noise`; CLIP runs in the config's precision. `timer` wraps
+    the "cutouts" and "clip" phases.
     """
     cut = make_cutouts if cfg.cutouts.batched else make_cutouts_loop
     with timer("cutouts"):
-        cuts = augment(cut(images, cfg.cutouts.cutn, clip.input_size, cfg.cutouts.cut_pow, cfg.cutouts.min_size,
-                           cfg.cutouts.whole))
+        cuts = add_noise(augment(cut(images, cfg.cutouts.cutn, clip.input_size, cfg.cutouts.cut_pow,
+                                     cfg.cutouts.min_size, cfg.cutouts.whole)), noise)
     with timer("clip"), autocast(images.device, resolve_precision(cfg.precision, images.device)):
         embeds = clip.encode_image(cuts)
     return embeds.float().view(images.shape[0], cfg.cutouts.cutn, -1)
@@ -249,11 +250,12 @@ class Run:
         cut = self.config.cutouts  # CLIP may see the image blurred early on (coarse to fine)
         seen = scheduled_blur(image, cut.blur, self.step_index, cut.blur_steps * self.config.steps) \
             if cut.blur else image
+        noise = scheduled_sigma(cut.sigma, cut.sigma_end, self.step_index, self.config.steps)
         if self.config.clip.weight:  # 0 only with clip.extra: then this model is not run at all
-            embeds = embed_cutouts(self.models.clip, self.augment, seen, self.config, self.timer)
+            embeds = embed_cutouts(self.models.clip, self.augment, seen, self.config, self.timer, noise)
             terms = [t(embeds) * self.config.clip.weight for t in self.targets]
         for guide in self.guides:
-            terms += guide.terms(seen, self.config)
+            terms += guide.terms(seen, self.config, noise)
         if self.config.init_weight:
             mse = F.mse_loss(self.z, self.z_start, reduction="none").flatten(1).mean(1)
             terms.append(mse * (self.config.init_weight / 2))

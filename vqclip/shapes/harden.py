@@ -21,6 +21,13 @@ Four sources of negatives, each tied to a training caption:
 - `negatives`: drawn procedurally by `vqclip.shapes.negatives` in the colours of the batch's
   scenes (with `generated_share` of them taken from the pool instead).
 
+With `noise`, every view the CLIP is trained on (drawings and negatives) gets Gaussian pixel noise
+of a std drawn per view from [0, noise]. A classifier of noised images has input gradients that
+point from a noised image towards the clean images of its class (the difference of the two
+posterior means, over the noise variance), so the generator, noising its cutouts the same way
+(`cutouts.sigma`), is pulled from a texture towards a scene. The shipped CLIP ran the defaults,
+then `noise_phase` of them (600 more steps, noise up to 1.0).
+
 Optionally (`adv_eps`), the drawings are also moved to their worst case within a small pixel
 budget before the CLIP sees them (adversarial training); `freeze_text` fine-tunes the image tower
 only.
@@ -28,7 +35,8 @@ only.
 Only training captions are used; `HELD_OUT` stays unseen. Entry point: `harden_clip`.
 
 `scripts/train_shapes.py` runs it after training; the shipped CLIP was fine-tuned with the defaults
-of `HardenConfig`: climbing negatives only. The generated and drawn negatives, the generator runs and
+of `HardenConfig` (climbing negatives only), then with `noise_phase` of them. The generated and
+drawn negatives, the generator runs and
 the adversarial training are options that did not raise the generator's success rate (docs/shapes.md).
 """
 from __future__ import annotations
@@ -81,6 +89,7 @@ class HardenConfig:
     freeze_text: bool = True  # fine-tune the image tower only (the text tower and logit scale stay as trained)
     adv_eps: float = 0.0  # adversarial training: worst-case pixel change (L-inf, [0, 1] scale); 0: off
     adv_steps: int = 2  # projected-gradient steps that find the worst case
+    noise: float = 0.0  # Gaussian pixel noise on every view, std drawn per view from [0, noise] ([0, 1] scale); 0: off
     lr: float = 3e-4
     warmup: int = 20
     weight_decay: float = 0.05
@@ -109,9 +118,19 @@ def check_harden_config(cfg: HardenConfig) -> None:
             raise ValueError(f"HardenConfig.{name} must be in 0..1, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.generated_share <= 1.0:
         raise ValueError(f"HardenConfig.generated_share must be in 0..1, got {cfg.generated_share}")
-    for name in ("margin", "negative_weight", "adv_eps", "lr", "sample_lr"):
+    for name in ("margin", "negative_weight", "adv_eps", "lr", "sample_lr", "noise"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"HardenConfig.{name} must be 0 or more, got {getattr(cfg, name)}")
+
+
+NOISE_STEPS = 600  # the second fine-tuning phase: this many steps on noised views
+NOISE_MAX = 1.0  # their noise std, drawn per view from [0, NOISE_MAX]
+
+
+def noise_phase(cfg: HardenConfig, quick: bool = False) -> HardenConfig:
+    """The second phase of the shipped recipe: `cfg` run again on views noised up to `NOISE_MAX`,
+    for `NOISE_STEPS` steps (`quick`: `cfg`'s own steps)."""
+    return replace(cfg, noise=NOISE_MAX, **({} if quick else {"steps": NOISE_STEPS}))
 
 
 def quick_harden_config() -> HardenConfig:
@@ -147,6 +166,7 @@ def _harden_module_class():
             self.sampled_scenes = 0.0
             self.runs = None  # GeneratorRuns, set by harden_clip when cfg.runs asks for them
             self.run_scenes = 0.0
+            self.noise_gen = torch.Generator().manual_seed(cfg.seed + 77)
             self.text_frozen = cfg.freeze_text  # then the caption embeddings are computed once (ClipModule.text_of)
             if cfg.freeze_text:
                 for name, param in self.model.named_parameters():
@@ -185,7 +205,11 @@ def _harden_module_class():
             xn = [self.views(torch.cat(negs), torch.ones(sum(len(n) for n in negs), 128, 128), 1.0)] if negs else []
             if len(sampled):
                 xn.append(self.generator_views(sampled))
-            emb = F.normalize(self.model.encode_image(torch.cat([x, *xn])).float(), dim=-1)
+            seen = torch.cat([x, *xn])
+            if h.noise > 0:  # noised views: the CLIP's gradient at noisy images points to its captions' drawings
+                sigma = torch.rand(len(seen), 1, 1, 1, generator=self.noise_gen) * h.noise
+                seen = seen + sigma * torch.randn(seen.shape, generator=self.noise_gen) / self.std
+            emb = F.normalize(self.model.encode_image(seen).float(), dim=-1)
             img, neg = emb[:len(x)], emb[len(x):]
             loss, info = self.caption_loss(img, target, text)
             self.progress = {"loss": 0.0, **info}

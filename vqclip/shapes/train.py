@@ -696,11 +696,12 @@ def _worker_logging(level: int) -> None:
 
 
 def train_all(out_dir: Path, vqgan: Optional[VQGANTrainConfig], clip: Optional[ClipTrainConfig],
-              parallel: bool = False, threads: int = 0, harden=None,
+              parallel: bool = False, threads: int = 0, harden: Sequence[Tuple[str, object]] = (),
               clip_for_harden: Optional[ClipTrainConfig] = None) -> Dict[str, Dict[str, float]]:
-    """Train the requested models (None: skip), in two processes when `parallel`; then, with a
-    `harden` config (`vqclip.shapes.harden.HardenConfig`), fine-tune the CLIP against its own
-    maxima and any other negatives that config asks for (`clip_for_harden` names its architecture when `clip` is None). Update
+    """Train the requested models (None: skip), in two processes when `parallel`; then fine-tune
+    the CLIP once for each named `harden` phase, in order (`vqclip.shapes.harden.HardenConfig`s:
+    against its own maxima and any other negatives each config asks for, on noised views when it
+    says so; `clip_for_harden` names its architecture when `clip` is None). Update
     `<out_dir>/training.json` with the configs, metrics and wall time of each part run; return the
     metrics of this call."""
     out_dir = Path(out_dir)
@@ -721,15 +722,16 @@ def train_all(out_dir: Path, vqgan: Optional[VQGANTrainConfig], clip: Optional[C
     else:
         results = {k: _run_one(k, c, str(out_dir), threads) for k, c in jobs}
     walls = {"+".join(k for k, _ in jobs): time.time() - start} if jobs else {}
-    if harden is not None:
+    if harden:
         from vqclip.shapes.harden import harden_clip
 
         if threads and not in_parallel:  # after two parallel trainings, hardening alone gets every core
             torch.set_num_threads(threads)
+    for name, phase in harden:
         t0 = time.time()
-        results["harden"] = harden_clip(out_dir, clip or clip_for_harden or ClipTrainConfig(), harden)
-        walls["harden"] = time.time() - t0
-        jobs.append(("harden", harden))
+        results[name] = harden_clip(out_dir, clip or clip_for_harden or ClipTrainConfig(), phase)
+        walls[name] = time.time() - t0
+        jobs.append((name, phase))
     _update_report(out_dir / "training.json", results, {k: dataclasses.asdict(c) for k, c in jobs}, walls)
     log.info("trained %s in %.0f s", ", ".join(results), time.time() - start)
     return results
