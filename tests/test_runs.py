@@ -18,13 +18,17 @@ def _setup(tiny_overrides, *extra):
 
 def test_a_run_steps_exactly_as_the_generator_does(tiny_overrides):
     # whole views and no augments: the cutouts are the same in both, so the latents must agree
+    # (and the same noise draws for the noised cutouts: the RNG is seeded alike before each step)
     cfg, models, scene, text = _setup(tiny_overrides, "cutouts.whole=1.0", "cutouts.augments=[]", "latent_block=2",
-                                      "latent_block_steps=0.5", "optim.lr=0.2", "optim.final_lr=0.02")
+                                      "latent_block_steps=0.5", "optim.lr=0.2", "optim.final_lr=0.02",
+                                      "cutouts.sigma=0.3", "cutouts.sigma_end=0.05")
     run = Run(cfg, models, torch.device("cpu"))
     runs = GeneratorRuns(models.vqgan, [scene], 1, cfg, seed=0, input_size=models.clip.input_size)
     runs.z[0] = run.z.detach()[0]
     for step in range(cfg.steps - 1):
+        torch.manual_seed(100 + step)
         images, scenes = runs.step(models.clip.model.encode_image, text, models.clip.mean, models.clip.std)
+        torch.manual_seed(100 + step)
         info = run.step()
         assert scenes == [0] and torch.allclose(images, info["image"], atol=1e-5), step
         assert torch.allclose(runs.z, run.z.detach(), atol=1e-4), step
@@ -48,6 +52,21 @@ def test_runs_are_staggered_and_start_over_after_their_life(tiny_overrides):
         return float((vectors - codebook).abs().amax(-1).min(1).values.max())
 
     assert off_codebook(runs.z[0]) == 0.0  # a new start: codebook tokens
+    # a run starts as the generator does with the config's `init` (here smooth: an encoded start image)
+    import dataclasses
+
+    import numpy as np
+
+    from vqclip.generate import initial_latent
+
+    smooth_cfg = load_config([], tiny_overrides + ["init=smooth"])
+    vqgan = load_models(smooth_cfg, progress=False).vqgan
+    smooth = GeneratorRuns(vqgan, scenes, 2, smooth_cfg, seed=3, input_size=models.clip.input_size)
+    torch.manual_seed(int(np.random.default_rng((3, 5151)).integers(2 ** 31)))  # run 0's first start seed
+    assert torch.equal(smooth.z[0], initial_latent(smooth_cfg, vqgan, torch.device("cpu"))[0])
+    torch.manual_seed(int(np.random.default_rng((3, 5151)).integers(2 ** 31)))
+    assert not torch.equal(smooth.z[0], initial_latent(dataclasses.replace(smooth_cfg, init="random"), vqgan,
+                                                        torch.device("cpu"))[0])
     assert off_codebook(runs.z[1]) > 1e-3  # still climbing: off the codebook
     lo, hi = codebook.min(0).values.view(1, -1, 1, 1), codebook.max(0).values.view(1, -1, 1, 1)
     assert bool(((runs.z >= lo - 1e-6) & (runs.z <= hi + 1e-6)).all())  # inside the codebook's range

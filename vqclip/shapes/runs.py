@@ -6,10 +6,11 @@ the decoder stops helping (docs/shapes.md). `GeneratorRuns` holds `count` genera
 progress, each a VQGAN latent tied to a training caption, and advances every one of them by one
 step of the generator's own method per fine-tuning step, with the CLIP as it is at that moment:
 
-- a run starts as the generator starts (random codebook tokens, one per `latent_block` square);
+- a run starts as the generator starts (`vqclip.generate.initial_latent`: random codebook tokens,
+  one per `latent_block` square, or the encoded `init` start);
 - a step is the generator's step (`vqclip.generate`): straight-through snap to the codebook,
-  decode, cutouts as the config takes them (`cutn`, `cut_pow`, `min_size`, `whole`, augments),
-  the spherical distance to the caption's embedding, gradients averaged over token blocks for the
+  decode, cutouts as the config takes them (`cutn`, `cut_pow`, `min_size`, `whole`, augments,
+  and the noise of `sigma` to `sigma_end` at the run's age), the spherical distance to the caption's embedding, gradients averaged over token blocks for the
   first `latent_block_steps` of a run, Adam (its moments kept per run) at the cosine-decayed rate
   of the run's age, and the clamp to the codebook's range;
 - after `life` steps (the generator's `steps`) a run starts over with another caption. Lives are
@@ -26,9 +27,9 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from vqclip.blocks import block_mean, block_tokens
-from vqclip.cutouts import build_augments, make_cutouts
-from vqclip.generate import cosine_lr, synth
+from vqclip.blocks import block_mean
+from vqclip.cutouts import build_augments, make_cutouts, scheduled_sigma
+from vqclip.generate import cosine_lr, initial_latent, synth
 from vqclip.perf import autocast
 from vqclip.prompts import spherical_distance
 from vqclip.shapes.sampler import adam_direction
@@ -66,11 +67,9 @@ class GeneratorRuns:
         self.restarts = 0
 
     def _start(self, i: int) -> None:
-        h, w = self.grid
         with torch.random.fork_rng():
             torch.manual_seed(int(self.rng.integers(2 ** 31)))
-            tokens = block_tokens(self.vqgan.n_embed, 1, h, w, self.base.latent_block)
-        self.z[i] = self.vqgan.codebook.detach()[tokens[0]].permute(2, 0, 1)
+            self.z[i] = initial_latent(self.base, self.vqgan, torch.device("cpu"))[0].detach()
         self.m[i].zero_()
         self.v[i].zero_()
         self.scene[i] = self.rng.integers(len(self.scenes))
@@ -89,6 +88,9 @@ class GeneratorRuns:
             image = synth(self.vqgan, z, self.dtype)
             cuts = self.augment(make_cutouts(image, cut.cutn, self.input_size, cut.cut_pow, cut.min_size,
                                              cut.whole))
+            if cut.sigma > 0:  # each run's cutouts noised as the generator's at that run's age
+                sigma = torch.tensor([scheduled_sigma(cut.sigma, cut.sigma_end, int(a), self.life) for a in self.age])
+                cuts = cuts + sigma.repeat_interleave(cut.cutn).view(-1, 1, 1, 1) * torch.randn_like(cuts)
             with autocast(image.device, self.dtype):
                 emb = encode((cuts - mean) / std)
             emb = emb.float().view(len(z), cut.cutn, -1)
