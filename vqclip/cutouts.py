@@ -18,7 +18,7 @@ of the caption, which is what pulls a texture into a scene.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -158,9 +158,12 @@ def scheduled_sigma(sigma: float, sigma_end: float, step: int, steps: int) -> fl
     return sigma * (1 - t)
 
 
-def add_noise(cutouts: torch.Tensor, std: float) -> torch.Tensor:
-    """Cutouts plus Gaussian noise of std `std` (torch's global RNG); the cutouts themselves when 0."""
-    return cutouts + std * torch.randn_like(cutouts) if std > 0 else cutouts
+def add_noise(cutouts: torch.Tensor, std: Union[float, torch.Tensor]) -> torch.Tensor:
+    """Cutouts plus Gaussian noise of std `std` (torch's global RNG): a number, or a tensor that
+    broadcasts against the cutouts (one std per cutout); the cutouts themselves when the number is 0."""
+    if not torch.is_tensor(std) and std <= 0:
+        return cutouts
+    return cutouts + std * torch.randn_like(cutouts)
 
 
 def scheduled_blur(images: torch.Tensor, sigma: float, step: int, until: float) -> torch.Tensor:

@@ -36,8 +36,8 @@ Only training captions are used; `HELD_OUT` stays unseen. Entry point: `harden_c
 
 `scripts/train_shapes.py` runs it after training; the shipped CLIP was fine-tuned with the defaults
 of `HardenConfig` (climbing negatives only), then with `noise_phase` of them. The generated and
-drawn negatives, the generator runs and
-the adversarial training are options that did not raise the generator's success rate (docs/shapes.md).
+drawn negatives, the generator runs and the adversarial training are options that did not raise
+the generator's success rate (docs/shapes.md).
 """
 from __future__ import annotations
 
