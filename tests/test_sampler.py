@@ -166,3 +166,24 @@ def test_a_frozen_text_tower_is_encoded_once_and_trains_the_same(tmp_path):
     again, again_calls = train(False)
     assert kept_calls == again_calls / 3  # each token set once instead of once per step
     assert all(torch.equal(kept[k], again[k]) for k in kept)
+
+
+def test_climbing_on_noised_views_noises_each_crop_within_sigma():
+    scenes = train_scenes()[:2]
+    text, seen = _text(2), {}
+
+    def recorder(key):
+        def encode(x):
+            seen.setdefault(key, x.detach().clone())  # the first step's crops
+            return _encoder()(x)
+        return encode
+
+    for key, sigma in (("clean", 0.0), ("noised", 0.4)):
+        sampler = NegativeSampler(scenes, size=8, resolutions=(8,), lr=0.1, reinit=0.0, seed=0)
+        torch.manual_seed(3)  # the same crops both times
+        sampler.climb(np.arange(8), recorder(key), text, steps=1, mean=MEAN, std=STD, view_size=16, sigma=sigma)
+    noise = (seen["noised"] - seen["clean"]) * STD  # back to the [0, 1] pixel scale
+    per_view = noise.flatten(1).std(dim=1)
+    assert (per_view > 0).all() and (per_view < 0.4 * 1.1).all()
+    assert per_view.max() - per_view.min() > 0.02  # a std drawn per crop, not one for all
+    assert noise.mean().abs() < 0.02

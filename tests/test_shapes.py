@@ -228,12 +228,15 @@ def test_noised_fine_tuning_is_what_changes_the_weights(tmp_path):
     assert noise_phase(plain, quick=True) == dataclasses.replace(plain, noise=1.0)
     assert noise_phase(plain).steps == 600 and noise_phase(plain).noise == 1.0  # the shipped recipe's second phase
     results = {}
-    for name, cfg in (("a", plain), ("b", plain), ("noised", noise_phase(plain, quick=True))):
+    runs = (("a", plain), ("b", plain), ("noised", noise_phase(plain, quick=True)),
+            ("climbed", dataclasses.replace(plain, climb_noise=1.0)))  # only the buffer's climb noised
+    for name, cfg in runs:
         shutil.copytree(start, tmp_path / name)
         harden_clip(tmp_path / name, clip_cfg, cfg)
         results[name] = torch.load(tmp_path / name / f"{clip_cfg.name}.pt", weights_only=True)
     assert all(torch.equal(results["a"][k], results["b"][k]) for k in results["a"])  # seeded: the same twice
     assert any(not torch.equal(results["a"][k], results["noised"][k]) for k in results["a"])
+    assert any(not torch.equal(results["a"][k], results["climbed"][k]) for k in results["a"])
 
 
 def test_hardening_needs_both_trained_models(tmp_path):
@@ -249,6 +252,7 @@ def test_hardening_needs_both_trained_models(tmp_path):
                                                    ("sample_res", (1,), "sample_res must be resolutions of at least 2"),
                                                    ("reinit", 2.0, "reinit must be in 0..1, got 2.0"),
                                                    ("noise", -0.1, "noise must be 0 or more, got -0.1"),
+                                                   ("climb_noise", -1.0, "climb_noise must be 0 or more, got -1.0"),
                                                    ("generated_share", 1.5, "generated_share must be in 0..1"),
                                                    ("margin", -0.1, "margin must be 0 or more")])
 def test_bad_hardening_settings_name_the_field(tmp_path, field, value, message):

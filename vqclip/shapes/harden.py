@@ -26,7 +26,10 @@ of a std drawn per view from [0, noise]. A classifier of noised images has input
 point from a noised image towards the clean images of its class (the difference of the two
 posterior means, over the noise variance), so the generator, noising its cutouts the same way
 (`cutouts.sigma`), is pulled from a texture towards a scene. The shipped CLIP ran the defaults,
-then `noise_phase` of them (600 more steps, noise up to 1.0).
+then `noise_phase` of them (600 more steps, noise up to 1.0). With `climb_noise`, the climbing
+buffer also climbs on views noised that way, so that its negatives are the maxima of the noised
+CLIP, which the generator climbs to; in that phase it did not raise the generator's success rate
+(docs/shapes.md).
 
 Optionally (`adv_eps`), the drawings are also moved to their worst case within a small pixel
 budget before the CLIP sees them (adversarial training); `freeze_text` fine-tunes the image tower
@@ -90,6 +93,7 @@ class HardenConfig:
     adv_eps: float = 0.0  # adversarial training: worst-case pixel change (L-inf, [0, 1] scale); 0: off
     adv_steps: int = 2  # projected-gradient steps that find the worst case
     noise: float = 0.0  # Gaussian pixel noise on every view, std drawn per view from [0, noise] ([0, 1] scale); 0: off
+    climb_noise: float = 0.0  # the same on the climbing buffer's views while it climbs; 0: off
     lr: float = 3e-4
     warmup: int = 20
     weight_decay: float = 0.05
@@ -118,7 +122,7 @@ def check_harden_config(cfg: HardenConfig) -> None:
             raise ValueError(f"HardenConfig.{name} must be in 0..1, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.generated_share <= 1.0:
         raise ValueError(f"HardenConfig.generated_share must be in 0..1, got {cfg.generated_share}")
-    for name in ("margin", "negative_weight", "adv_eps", "lr", "sample_lr", "noise"):
+    for name in ("margin", "negative_weight", "adv_eps", "lr", "sample_lr", "noise", "climb_noise"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"HardenConfig.{name} must be 0 or more, got {getattr(cfg, name)}")
 
@@ -245,7 +249,7 @@ def _harden_module_class():
             was_training = self.model.training
             self.model.eval()  # batch-norm statistics of the drawings, not of the climbing images
             self.sampler.climb(index, self.model.encode_image, text, h.sample_steps, self.mean, self.std,
-                               self.cfg.image_size)
+                               self.cfg.image_size, h.climb_noise)
             self.model.train(was_training)
             images = self.sampler.render(index, 128)
             scenes = [int(self.sampler.scene[i]) for i in index]

@@ -14,7 +14,7 @@ manner of persistent contrastive divergence for energy-based models:
 - every fine-tuning step, `climb` moves some entries a few Adam steps (their moments kept in the
   buffer) up the cosine between their random crops (60-100% of the side, half of them whole, as
   the generator's cutouts) and their caption; so entries accumulate climbing over the run and
-  follow the CLIP's current maxima;
+  follow the CLIP's current maxima (with `sigma`, those of the CLIP on noised crops);
 - with probability `reinit` an entry starts over when it is picked.
 
 The CLIP is then trained to score each entry below a fresh drawing of its caption
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vqclip.cutouts import add_noise
 from vqclip.shapes.negatives import draw_negative
 from vqclip.shapes.world import PALETTE, Scene, to_tensor
 
@@ -100,9 +101,11 @@ class NegativeSampler:
         return torch.stack([_render(self.logits[int(i)][None], size)[0] for i in index])
 
     def climb(self, index: Sequence[int], encode, text: torch.Tensor, steps: int, mean: torch.Tensor,
-              std: torch.Tensor, view_size: int) -> None:
+              std: torch.Tensor, view_size: int, sigma: float = 0.0) -> None:
         """Move entries `index` `steps` Adam steps up the cosine of `encode(normalised crops)` to
-        `text[scene]` (`text`: normalised embeddings of all of `scenes`' captions)."""
+        `text[scene]` (`text`: normalised embeddings of all of `scenes`' captions). With `sigma`,
+        every crop gets Gaussian pixel noise of a std drawn per crop from [0, sigma] ([0, 1] scale):
+        the entries then climb what a generator with noised cutouts climbs."""
         for i in map(int, index):
             if i not in self.moments or self.rng.random() < self.reinit:
                 if i in self.moments:
@@ -121,7 +124,10 @@ class NegativeSampler:
             for _ in range(steps):
                 p.requires_grad_(True)
                 with torch.enable_grad():
-                    views = (random_views(_render(p, view_size), view_size) - mean) / std
+                    views = random_views(_render(p, view_size), view_size)
+                    if sigma > 0:  # one std per crop
+                        views = add_noise(views, torch.rand(len(views), 1, 1, 1) * sigma)
+                    views = (views - mean) / std
                     emb = F.normalize(encode(views).float(), dim=-1)
                     grad, = torch.autograd.grad((emb * target).sum(), p)
                 t = t + 1
