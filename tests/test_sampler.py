@@ -170,12 +170,12 @@ def test_a_frozen_text_tower_is_encoded_once_and_trains_the_same(tmp_path):
 
 def test_climbing_on_noised_views_noises_each_crop_within_sigma():
     scenes = train_scenes()[:2]
-    text, seen = _text(2), {}
+    text, seen, net = _text(2), {}, _encoder()  # built once: building it reseeds torch's RNG
 
     def recorder(key):
         def encode(x):
             seen.setdefault(key, x.detach().clone())  # the first step's crops
-            return _encoder()(x)
+            return net(x)
         return encode
 
     for key, sigma in (("clean", 0.0), ("noised", 0.4)):
