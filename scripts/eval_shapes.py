@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--n-seen", type=int, default=16, help="how many seen scenes to evaluate")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--grid", type=Path, default=None, help="write a grid of example outputs here")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep every generated image in DIR (default: a temporary folder, deleted)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="merge these JSON reports instead of running")
     parser.add_argument("--oracle", action="store_true",
                         help="replace the CLIP by the pixel distance to a drawing of each caption "
@@ -56,6 +58,9 @@ def main() -> int:
         if args.oracle:
             return _print(oracle_report(cfg, args.seeds, args.n_seen), args.json)
         with tempfile.TemporaryDirectory() as tmp:
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                tmp = str(args.keep)
             if args.screen is not None:
                 report = screen_report(cfg, args.seeds, args.n_seen, args.screen, image_dir=Path(tmp))
             else:
@@ -63,8 +68,9 @@ def main() -> int:
             if args.grid:
                 first_seed = [s for s in report.samples if s.seed == args.seeds[0]]
                 example_grid(first_seed).save(args.grid)
-        for s in report.samples:
-            s.path = None
+        if not args.keep:
+            for s in report.samples:
+                s.path = None
     except VQClipError as exc:
         print(f"eval_shapes: error: {exc}", file=sys.stderr)
         return 2
