@@ -11,6 +11,7 @@ reports of separate runs (e.g. one process per seed) into one. A thin wrapper ov
 vqclip.shapes.quality.
 """
 import argparse
+import contextlib
 import logging
 import sys
 import tempfile
@@ -57,10 +58,8 @@ def main() -> int:
         cfg = load_config(args.config or ["configs/shapes.yaml"], args.overrides)
         if args.oracle:
             return _print(oracle_report(cfg, args.seeds, args.n_seen), args.json)
-        with tempfile.TemporaryDirectory() as tmp:
-            if args.keep:
-                args.keep.mkdir(parents=True, exist_ok=True)
-                tmp = str(args.keep)
+        # the images go to --keep, or to a temporary folder deleted afterwards (the writer makes the folder)
+        with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
             if args.screen is not None:
                 report = screen_report(cfg, args.seeds, args.n_seen, args.screen, image_dir=Path(tmp))
             else:

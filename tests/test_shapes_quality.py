@@ -85,22 +85,18 @@ def test_oracle_report_has_the_benchmark_layout(monkeypatch):
 
 
 def test_eval_script_refuses_a_screen_stride_below_one(monkeypatch, capsys):
-    import runpy
     import sys
-    from pathlib import Path
 
     import pytest
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "eval_shapes.py"
-    main = runpy.run_path(str(script), run_name="eval_shapes")["main"]
+    main = _eval_script_main()
     monkeypatch.setattr(sys, "argv", ["eval_shapes.py", "--screen", "0"])
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2 and "--screen takes a stride of at least 1, got 0" in capsys.readouterr().err
 
 
-def test_eval_script_keeps_the_images_it_was_asked_to_keep(tiny_overrides, tmp_path, monkeypatch, capsys):
-    import runpy
+def test_eval_script_keeps_the_images_it_was_asked_to_keep(tiny_overrides, tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
@@ -110,8 +106,7 @@ def test_eval_script_keeps_the_images_it_was_asked_to_keep(tiny_overrides, tmp_p
     from vqclip.shapes.evaluate import read_image
 
     monkeypatch.setattr(quality, "HELD_OUT", HELD_OUT[:2])
-    script = Path(__file__).resolve().parents[1] / "scripts" / "eval_shapes.py"
-    main = runpy.run_path(str(script), run_name="eval_shapes")["main"]
+    main = _eval_script_main()
     keep, out, empty = tmp_path / "kept", tmp_path / "report.json", tmp_path / "empty.yaml"
     empty.write_text("{}\n")
     monkeypatch.setattr(sys, "argv", ["eval_shapes.py", "--config", str(empty), "--screen", "--seeds", "0",
@@ -122,3 +117,12 @@ def test_eval_script_keeps_the_images_it_was_asked_to_keep(tiny_overrides, tmp_p
     assert len(samples) == 2 and sorted(Path(s["path"]) for s in samples) == sorted(keep.iterdir())
     for s in samples:  # the kept file is the image that was scored
         assert read_image(Image.open(s["path"])).caption == s["read_as"]
+
+
+def _eval_script_main():
+    """`main` of scripts/eval_shapes.py, loaded from its file (scripts/ is not a package)."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "eval_shapes.py"
+    return runpy.run_path(str(script), run_name="eval_shapes")["main"]
