@@ -41,11 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vqgan-steps", type=int, help="override the VQGAN's number of steps")
     p.add_argument("--clip-steps", type=int, help="override the CLIP's number of steps")
+    p.add_argument("--clip-noise", type=float, help="train the CLIP on views noised up to this std ([0, 1] "
+                                                    "scale), ramped up with its cutouts; default 0: off")
     p.add_argument("--clip-name", help="CLIP model name (the JSON's file stem); default shapes-clip")
     args = p.parse_args(argv)
 
     if args.harden_rounds is not None and args.harden_rounds < 1:
         p.error(f"--harden-rounds must be at least 1, got {args.harden_rounds} (use --no-harden to skip)")
+    if args.clip_noise is not None and not args.clip_noise >= 0:
+        p.error(f"--clip-noise must be 0 or more, got {args.clip_noise}")
     if args.harden and args.only in ("vqgan", "clip"):
         p.error(f"--harden needs both models; with --only {args.only} there is nothing to harden against "
                 "(use --only harden on a folder holding both)")
@@ -53,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     vq, clip = quick_configs() if args.quick else (VQGANTrainConfig(), ClipTrainConfig())
     vq = dataclasses.replace(vq, seed=args.seed, **({"steps": args.vqgan_steps} if args.vqgan_steps else {}))
     clip = dataclasses.replace(clip, seed=args.seed, **({"steps": args.clip_steps} if args.clip_steps else {}),
-                               **({"name": args.clip_name} if args.clip_name else {}))
+                               **({"name": args.clip_name} if args.clip_name else {}),
+                               **({"noise": args.clip_noise} if args.clip_noise is not None else {}))
     harden = quick_harden_config() if args.quick else HardenConfig()
     harden = dataclasses.replace(harden, seed=args.seed,
                                  **({"rounds": args.harden_rounds} if args.harden_rounds else {}))

@@ -167,12 +167,15 @@ def test_train_script_hardens_by_default_and_not_with_no_harden(tmp_path, capsys
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes.py"
     main = runpy.run_path(str(script), run_name="train_shapes")["main"]
-    assert main(["--quick", "--no-harden", "--out", str(tmp_path / "plain"), "--clip-name", "shapes-clip-quick-test"]) == 0
+    assert main(["--quick", "--no-harden", "--out", str(tmp_path / "plain"), "--clip-name", "shapes-clip-quick-test",
+                 "--clip-noise", "0.3"]) == 0
     report = json.loads((tmp_path / "plain" / "training.json").read_text())
     assert set(report["metrics"]) == {"vqgan", "clip"}
+    assert report["configs"]["clip"]["noise"] == 0.3
     assert main(["--quick", "--out", str(tmp_path / "default"), "--clip-name", "shapes-clip-quick-test"]) == 0
     report = json.loads((tmp_path / "default" / "training.json").read_text())
     assert set(report["metrics"]) == {"vqgan", "clip", "harden", "noise"}
+    assert report["configs"]["clip"]["noise"] == 0.0  # noised CLIP training is off unless asked for
     assert report["configs"]["harden"]["sampled"] == 2  # the quick run's climbing negatives
     # --only noise runs the second, noised phase alone on the models already there
     capsys.readouterr()
@@ -187,11 +190,42 @@ def test_train_script_refuses_contradictory_hardening_flags(tmp_path, capsys):
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes.py"
     main = runpy.run_path(str(script), run_name="train_shapes")["main"]
     for argv, message in ((["--harden-rounds", "0"], "--harden-rounds must be at least 1, got 0"),
-                          (["--harden", "--only", "clip"], "--harden needs both models")):
+                          (["--harden", "--only", "clip"], "--harden needs both models"),
+                          (["--clip-noise", "-0.5"], "--clip-noise must be 0 or more, got -0.5")):
         with pytest.raises(SystemExit) as exc:
             main(["--quick", "--out", str(tmp_path)] + argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_clip_training_noise_ramps_up_with_the_cutouts(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from vqclip.shapes.train import ClipModule, quick_configs, write_clip_config
+
+    plain_cfg = quick_configs()[1]
+    noised_cfg = dataclasses.replace(plain_cfg, noise=0.5)
+    json_path = write_clip_config(plain_cfg, tmp_path)
+    plain, noised = ClipModule(plain_cfg, json_path), ClipModule(noised_cfg, json_path)
+    images = torch.rand(32, 3, 128, 128)
+    masks = torch.zeros(32, 128, 128, dtype=torch.bool)
+    masks[:, 32:96, 32:96] = True
+
+    def views(module, ramp):
+        torch.manual_seed(0)  # the same cutouts, augments and whole-image picks in both modules
+        return module.views(images, masks, ramp)
+
+    assert torch.equal(views(plain, 0.0), views(noised, 0.0))  # before the curriculum starts: no noise
+    for ramp in (0.5, 1.0):
+        added = (views(noised, ramp) - views(plain, ramp)) * plain.std  # back on the [0, 1] pixel scale
+        per_view = added.flatten(1).std(dim=1)
+        assert bool((per_view > 0).all())  # every view noised
+        assert float(per_view.max()) <= 0.5 * ramp * 1.05  # each std drawn from [0, noise * ramp]
+        assert float(per_view.max() - per_view.min()) > 0.1 * ramp  # drawn per view, not one std for all
+    with pytest.raises(ValueError, match="ClipTrainConfig.noise must be 0 or more, got -0.1"):
+        ClipModule(dataclasses.replace(plain_cfg, noise=-0.1), json_path)
 
 
 def test_hardening_without_generator_images_needs_no_vqgan(tmp_path):

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from vqclip.cutouts import add_noise
 from vqclip.models.vqgan import quiet_construct
 from vqclip.shapes.world import (COLORS, HELD_OUT, SHAPES, Scene, ShapesDataset, all_scenes, draw,
                                  to_tensor, train_scenes)
@@ -111,6 +112,7 @@ class ClipTrainConfig:
     clean_fraction: float = 0.15  # first fraction of steps on whole, unaugmented images only
     curriculum: float = 0.45  # fraction of steps by which augmented cutouts have ramped up
     augmented_share: float = 0.8  # share of augmented cutouts after the ramp (the rest: whole images)
+    noise: float = 0.0  # Gaussian pixel noise on every view, std drawn per view from [0, noise * ramp]; 0: off
     seed: int = 0
     precision: str = "bf16-mixed"
     log_every: int = 100
@@ -447,6 +449,8 @@ class ClipModule(pl.LightningModule):
 
     def __init__(self, cfg: ClipTrainConfig, json_path: Path) -> None:
         super().__init__()
+        if not cfg.noise >= 0:
+            raise ValueError(f"ClipTrainConfig.noise must be 0 or more, got {cfg.noise}")
         self.cfg = cfg
         self.model, tokenizer = _create_clip(json_path)
         self.scenes = train_scenes()
@@ -469,7 +473,8 @@ class ClipModule(pl.LightningModule):
     @torch.no_grad()
     def views(self, images: torch.Tensor, masks: torch.Tensor, ramp: float) -> torch.Tensor:
         """Normalised CLIP inputs: one training cutout per image (augmented), or with probability
-        `1 - augmented_share * ramp` the whole image, plain."""
+        `1 - augmented_share * ramp` the whole image, plain; with `noise`, each view then gets Gaussian
+        pixel noise of a std drawn from [0, noise * ramp]."""
         cfg = self.cfg
         x = training_cutouts(images, masks, cfg.image_size, cfg.min_kept)
         x = self.augment(x).clamp(0, 1)
@@ -478,6 +483,8 @@ class ClipModule(pl.LightningModule):
             whole = F.interpolate(images[plain], size=(cfg.image_size,) * 2, mode="bilinear",
                                   antialias=True, align_corners=False)
             x[plain] = whole
+        if cfg.noise > 0 and ramp > 0:  # noised views ramp up with the cutouts (see `noise`)
+            x = add_noise(x, torch.rand(len(x), 1, 1, 1, device=x.device) * (cfg.noise * ramp))
         return (x - self.mean) / self.std
 
     def caption_text(self) -> torch.Tensor:
