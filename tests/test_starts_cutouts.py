@@ -1,10 +1,13 @@
 """Method options: starting images (`init`), cutout sizes (`cutouts.min_size`), whole views (`cutouts.whole`)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from vqclip import generate, load_config, load_models
-from vqclip.cutouts import add_noise, gaussian_blur, make_cutouts, sample_boxes, scheduled_blur, scheduled_sigma
+from vqclip.cutouts import (add_noise, gaussian_blur, make_cutouts, sample_boxes, scheduled_blur, scheduled_sigma,
+                            spread_sigma)
 from vqclip.errors import ConfigError
 from vqclip.generate import cosine_lr, initial_latent
 from vqclip.starts import flat_image, smooth_image, start_image
@@ -24,6 +27,29 @@ def test_smooth_start_is_low_frequency_and_seeded():
     assert float(a.min()) >= 0.25 - 1e-3 and float(a.max()) <= 0.75 + 1e-3  # 0.5 +- amount / 2
     assert float(a.std()) > 0.03  # not flat...
     assert float((a[..., 1:] - a[..., :-1]).abs().max()) < 0.05  # ...but no pixel-scale texture
+
+
+def test_smooth_start_cells_and_amount():
+    g = torch.Generator().manual_seed(5)
+    full = smooth_image(64, 64, cells=2, amount=1.0, generator=g)
+    assert float(full.max() - full.min()) > 0.5  # amount 1: the patches use most of [0, 1]...
+    weak = smooth_image(64, 64, cells=2, amount=0.2, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(weak - 0.5, (full - 0.5) * 0.2, atol=1e-6)  # ...0.2: the same, squeezed to grey
+    coarse = smooth_image(64, 64, cells=2, amount=1.0, generator=torch.Generator().manual_seed(6))
+    fine = smooth_image(64, 64, cells=16, amount=1.0, generator=torch.Generator().manual_seed(6))
+    step = lambda img: float((img[..., 1:] - img[..., :-1]).abs().mean())  # noqa: E731
+    assert step(fine) > 3 * step(coarse)  # more cells per side: smaller patches
+
+
+def test_smooth_start_follows_the_config(tiny_overrides):
+    cfg = load_config([], tiny_overrides + ["init=smooth", "init_cells=2", "init_amount=0.9"])
+    models = load_models(cfg)
+    torch.manual_seed(11)
+    z = initial_latent(cfg, models.vqgan, torch.device("cpu"))
+    torch.manual_seed(11)
+    assert torch.allclose(z, models.vqgan.encode(start_image("smooth", 64, 64, cells=2, amount=0.9)))
+    torch.manual_seed(11)
+    assert not torch.allclose(z, models.vqgan.encode(start_image("smooth", 64, 64)))  # defaults: 4 cells, 0.5
 
 
 def test_initial_latent_encodes_the_start_image(tiny_overrides):
@@ -64,12 +90,16 @@ def test_whole_share_is_whole_views():
 @pytest.mark.parametrize("override, words", [
     ("init=noise", "'init'.*random, flat, smooth"),
     ("init_color=red", "'init_color'.*#rrggbb"),
+    ("init_cells=0", "'init_cells'.*>= 1"),
+    ("init_amount=1.5", "'init_amount'.*\\[0, 1\\]"),
     ("cutouts.min_size=1.5", "'cutouts.min_size'.*\\[0, 1\\]"),
     ("cutouts.whole=-0.1", "'cutouts.whole'.*\\[0, 1\\]"),
     ("cutouts.blur=-1", "'cutouts.blur'.*>= 0"),
     ("cutouts.blur_steps=2", "'cutouts.blur_steps'.*\\[0, 1\\]"),
     ("cutouts.sigma=-0.5", "'cutouts.sigma'.*>= 0"),
     ("cutouts.sigma_end=0.2", "'cutouts.sigma_end'.*\\[0, cutouts.sigma = 0.0\\]"),
+    ("cutouts.sigma_spread=2", "'cutouts.sigma_spread'.*\\[0, 1\\]"),
+    ("cutouts.sigma_spread=0.5", "'cutouts.sigma_spread'.*sigma_end > 0"),
 ])
 def test_bad_method_values(override, words):
     with pytest.raises(ConfigError, match=words):
@@ -116,6 +146,36 @@ def test_clip_sees_noised_cutouts_with_sigma(tiny_overrides):
     assert clean.shape == noised.shape
     assert float((noised - clean).std()) == pytest.approx(0.4, rel=0.05)  # step 0: the noise of cutouts.sigma
     assert float((noised - clean).mean()) == pytest.approx(0.0, abs=0.02)
+
+
+def test_sigma_spread_gives_each_cutout_its_own_std(tiny_overrides):
+    torch.manual_seed(0)
+    stds = spread_sigma(0.1, 0.4, 1.0, 2000)
+    assert stds.shape == (2000, 1, 1, 1) and float(stds.min()) >= 0.1 and float(stds.max()) <= 0.4 + 1e-6
+    assert float(stds.log().mean()) == pytest.approx(0.5 * (math.log(0.1) + math.log(0.4)), abs=0.02)  # log-uniform
+    half = spread_sigma(0.1, 0.4, 0.5, 2000)
+    assert float(half.max()) <= 0.2 + 1e-6 and float(half.max()) > 0.19  # halfway up in log: sqrt(0.1 * 0.4)
+    assert spread_sigma(0.1, 0.4, 0.0, 8) == 0.1 and spread_sigma(0.0, 0.4, 1.0, 8) == 0.0
+
+    def last_inputs(extra):  # one step, so the step's std is sigma_end; whole views: the same crops each run
+        seen = []
+
+        def spy(run):
+            encode = run.models.clip.encode_image
+            run.models.clip.encode_image = lambda x: (seen.append(x.detach().clone()), encode(x))[1]
+
+        cfg = load_config([], tiny_overrides + ["steps=1", "cutouts.augments=[]", "cutouts.whole=1.0",
+                                                "cutouts.cutn=32"] + extra, prompts=["a red car"])
+        generate(cfg, save=False, progress=False, setup=spy)
+        return seen[-1]
+
+    clean = last_inputs([])
+    per_cut = (last_inputs(["cutouts.sigma=0.4", "cutouts.sigma_end=0.1", "cutouts.sigma_spread=1"]) - clean)
+    per_cut = per_cut.flatten(1).std(1)
+    assert float(per_cut.min()) > 0.08 and float(per_cut.max()) < 0.43  # between the step's std and sigma
+    assert float(per_cut.max() - per_cut.min()) > 0.1  # and not one std for all
+    same = (last_inputs(["cutouts.sigma=0.4", "cutouts.sigma_end=0.1"]) - clean).flatten(1).std(1)
+    assert float(same.max() - same.min()) < 0.03  # without the spread: every cutout at the step's 0.1
 
 
 def test_cosine_learning_rate_schedule(tiny_overrides):

@@ -110,6 +110,11 @@ class CutoutsConfig:
                          default=0.0)
     sigma_end: float = _help("that std at the last step, 0..sigma (geometric decay; linear to 0 when 0)",
                              default=0.0)
+    # Spread: each cutout's std drawn log-uniformly between the step's std and a share of the way up to
+    # `sigma`, so that some views keep asking for the whole scene while others refine the edges.
+    sigma_spread: float = _help("0..1: each cutout's noise std drawn log-uniformly from the step's std up to "
+                                "step std * (sigma / step std) ** sigma_spread (0: all at the step's std)",
+                                default=0.0)
 
 
 @dataclass
@@ -210,6 +215,9 @@ class GenerateConfig:
     init: str = _help(f"start without init_image: {', '.join(INITS)} (flat: init_color everywhere; "
                       "smooth: low-frequency colour noise), encoded by the VQGAN", default="random")
     init_color: str = _help('colour of init=flat, hex "#rrggbb"', default="#808080")
+    init_cells: int = _help("init=smooth: random colours per image side (fewer: larger colour patches)", default=4)
+    init_amount: float = _help("init=smooth: contrast of the colour patches around mid-grey, 0..1 (1: full range)",
+                               default=0.5)
     # Coarse to fine in the latent: early on, whole blocks of tokens move together (vqclip.blocks).
     latent_block: int = _help("for the first latent_block_steps, the latent moves in blocks of this many tokens "
                               "per side (layout before detail; 1: off)", default=1)
@@ -399,7 +407,13 @@ def validate(cfg: GenerateConfig) -> None:
     _check(cfg.cutouts.sigma >= 0, "cutouts.sigma", "a number >= 0", cfg.cutouts.sigma)
     _check(0 <= cfg.cutouts.sigma_end <= cfg.cutouts.sigma or cfg.cutouts.sigma_end == 0, "cutouts.sigma_end",
            f"a number in [0, cutouts.sigma = {cfg.cutouts.sigma}]", cfg.cutouts.sigma_end)
+    _check(0 <= cfg.cutouts.sigma_spread <= 1, "cutouts.sigma_spread", "a number in [0, 1]", cfg.cutouts.sigma_spread)
+    _check(not cfg.cutouts.sigma_spread or cfg.cutouts.sigma_end > 0, "cutouts.sigma_spread",
+           "0 unless cutouts.sigma_end > 0 (the spread is log-uniform, so every step's std must be above 0)",
+           cfg.cutouts.sigma_spread)
     _check(cfg.init in INITS, "init", ", ".join(INITS), cfg.init)
+    _check(cfg.init_cells >= 1, "init_cells", "an integer >= 1", cfg.init_cells)
+    _check(0 <= cfg.init_amount <= 1, "init_amount", "a number in [0, 1]", cfg.init_amount)
     _check(cfg.losses.tones_k >= 1, "losses.tones_k", "an integer >= 1", cfg.losses.tones_k)
     _check(cfg.latent_block >= 1, "latent_block", "an integer >= 1", cfg.latent_block)
     _check(0 <= cfg.latent_block_steps <= 1, "latent_block_steps", "a number in [0, 1]", cfg.latent_block_steps)

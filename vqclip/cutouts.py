@@ -13,7 +13,8 @@ benchmark's baseline and for comparison. `build_augments(names)` turns config na
 only large regions of colour change what CLIP sees, so the composition forms before the detail.
 `scheduled_sigma` and `add_noise` noise every cutout, the noise falling over the run (high to low):
 for a CLIP trained on noised images, the gradient at a noised view points towards the clean images
-of the caption, which is what pulls a texture into a scene.
+of the caption, which is what pulls a texture into a scene. `spread_sigma` gives each cutout its own
+std between the step's and a higher one, so that late in the run some views still see the whole scene.
 """
 from __future__ import annotations
 
@@ -156,6 +157,16 @@ def scheduled_sigma(sigma: float, sigma_end: float, step: int, steps: int) -> fl
     if sigma_end > 0:
         return sigma * (sigma_end / sigma) ** t
     return sigma * (1 - t)
+
+
+def spread_sigma(std: float, sigma: float, spread: float, n: int,
+                 device: torch.device | str = "cpu") -> Union[float, torch.Tensor]:
+    """Per-cutout noise stds [n, 1, 1, 1] drawn log-uniformly from `std` (this step's) up to
+    `std * (sigma / std) ** spread` (torch's global RNG); `std` itself when `spread` is 0 or std <= 0."""
+    if spread <= 0 or std <= 0 or sigma <= std:
+        return std
+    u = torch.rand(n, 1, 1, 1, device=device)
+    return std * (sigma / std) ** (u * spread)
 
 
 def add_noise(cutouts: torch.Tensor, std: Union[float, torch.Tensor]) -> torch.Tensor:

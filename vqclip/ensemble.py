@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional, Union
 
 import torch
 from torch import nn
@@ -35,7 +35,8 @@ class Guide:
     augment: nn.Module
     targets: List[Target]
 
-    def terms(self, image: torch.Tensor, config: "GenerateConfig", noise: float = 0.0) -> List[torch.Tensor]:
+    def terms(self, image: torch.Tensor, config: "GenerateConfig",
+              noise: Union[float, torch.Tensor] = 0.0) -> List[torch.Tensor]:
         """This model's loss terms for images [B, 3, H, W] (cutouts noised with std `noise`): one
         weighted [B] tensor per target."""
         from vqclip.generate import embed_cutouts

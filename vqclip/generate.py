@@ -16,7 +16,7 @@ import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from vqclip.blocks import block_mean, block_tokens, check_block
 from vqclip.config import GenerateConfig, batch_count, validate
-from vqclip.cutouts import add_noise, build_augments, make_cutouts, make_cutouts_loop, scheduled_blur, scheduled_sigma
+from vqclip.cutouts import (add_noise, build_augments, make_cutouts, make_cutouts_loop, scheduled_blur,
+                            scheduled_sigma, spread_sigma)
 from vqclip.ensemble import build_guides, check_extra_clip_files, load_extra_clips
 from vqclip.errors import ConfigError, NumericalError
 from vqclip.images import load_image_tensor, open_image, to_pil
@@ -149,11 +150,12 @@ def synth(vqgan: VQGAN, z: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
 
 
 def embed_cutouts(clip: ClipModel, augment: torch.nn.Module, images: torch.Tensor, cfg: GenerateConfig,
-                  timer: Timer = no_timer, noise: float = 0.0) -> torch.Tensor:
+                  timer: Timer = no_timer, noise: Union[float, torch.Tensor] = 0.0) -> torch.Tensor:
     """Images [B, 3, H, W] -> float32 CLIP embeddings of their augmented cutouts [B, cutn, D].
 
     Cutouts are resampled in one batched call (or a loop, `cutouts.batched=false`), augmented, and
-    given Gaussian pixel noise of std `noise`; CLIP runs in the config's precision. `timer` wraps
+    given Gaussian pixel noise of std `noise` (a number, or one std per cutout [B * cutn, 1, 1, 1]);
+    CLIP runs in the config's precision. `timer` wraps
     the "cutouts" and "clip" phases.
     """
     cut = make_cutouts if cfg.cutouts.batched else make_cutouts_loop
@@ -195,7 +197,8 @@ def initial_latent(cfg: GenerateConfig, vqgan: VQGAN, device: torch.device, batc
             image = load_image_tensor(cfg.init_image, (w, h), "init image").repeat(batch, 1, 1, 1)
         else:  # one made start per image, so a batch of smooth starts differs
             color = parse_color(cfg.init_color, "init_color")
-            image = torch.cat([start_image(cfg.init, w, h, color) for _ in range(batch)])
+            image = torch.cat([start_image(cfg.init, w, h, color, cfg.init_cells, cfg.init_amount)
+                               for _ in range(batch)])
         with torch.no_grad():
             return vqgan.encode(image.to(device))
     check_block(cfg.latent_block, (h // f, w // f))
@@ -250,7 +253,8 @@ class Run:
         cut = self.config.cutouts  # CLIP may see the image blurred early on (coarse to fine)
         seen = scheduled_blur(image, cut.blur, self.step_index, cut.blur_steps * self.config.steps) \
             if cut.blur else image
-        noise = scheduled_sigma(cut.sigma, cut.sigma_end, self.step_index, self.config.steps)
+        noise = spread_sigma(scheduled_sigma(cut.sigma, cut.sigma_end, self.step_index, self.config.steps),
+                             cut.sigma, cut.sigma_spread, image.shape[0] * cut.cutn, image.device)
         if self.config.clip.weight:  # 0 only with clip.extra: then this model is not run at all
             embeds = embed_cutouts(self.models.clip, self.augment, seen, self.config, self.timer, noise)
             terms = [t(embeds) * self.config.clip.weight for t in self.targets]

@@ -6,7 +6,7 @@ start is an image made here and encoded by the VQGAN:
 
 - `flat`: one colour everywhere (`init_color`);
 - `smooth`: low-frequency colour noise, a few random colours bicubically blended across the image
-  (`smooth_cells` cells per side), then squeezed toward mid-grey so no colour dominates.
+  (`init_cells` cells per side), then squeezed toward mid-grey (`init_amount`) so no colour dominates.
 
 This module only makes the pixels; `vqclip.generate.initial_latent` encodes them.
 """
@@ -35,10 +35,10 @@ def smooth_image(width: int, height: int, cells: int = 4, amount: float = 0.5,
 
 
 def start_image(kind: str, width: int, height: int, color: Sequence[float] = (0.5, 0.5, 0.5),
-                cells: int = 4) -> torch.Tensor:
+                cells: int = 4, amount: float = 0.5) -> torch.Tensor:
     """The starting image [1, 3, height, width] for `init` kind flat or smooth (torch's RNG for smooth)."""
     if kind == "flat":
         return flat_image(color, width, height)
     if kind == "smooth":
-        return smooth_image(width, height, cells)
+        return smooth_image(width, height, cells, amount)
     raise ValueError(f"no starting image for init={kind!r}; allowed: flat, smooth")
