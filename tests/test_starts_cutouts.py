@@ -130,17 +130,21 @@ def test_scheduled_sigma_falls_from_sigma_to_sigma_end():
     assert float((add_noise(cuts, 0.3) - cuts).std()) == pytest.approx(0.3, rel=0.05)
 
 
+def _clip_inputs(overrides):
+    """Every batch of cutouts CLIP's image tower saw in a run of the tiny models with these overrides."""
+    seen = []
+
+    def spy(run):
+        encode = run.models.clip.encode_image
+        run.models.clip.encode_image = lambda x: (seen.append(x.detach().clone()), encode(x))[1]
+
+    generate(load_config([], overrides, prompts=["a red car"]), save=False, progress=False, setup=spy)
+    return seen
+
+
 def test_clip_sees_noised_cutouts_with_sigma(tiny_overrides):
     def first_inputs(extra):
-        seen = []
-
-        def spy(run):
-            encode = run.models.clip.encode_image
-            run.models.clip.encode_image = lambda x: (seen.append(x.detach().clone()), encode(x))[1]
-
-        cfg = load_config([], tiny_overrides + ["steps=2", "cutouts.augments=[]"] + extra, prompts=["a red car"])
-        generate(cfg, save=False, progress=False, setup=spy)
-        return seen[0]
+        return _clip_inputs(tiny_overrides + ["steps=2", "cutouts.augments=[]"] + extra)[0]
 
     clean, noised = first_inputs([]), first_inputs(["cutouts.sigma=0.4", "cutouts.sigma_end=0.1"])
     assert clean.shape == noised.shape
@@ -158,16 +162,8 @@ def test_sigma_spread_gives_each_cutout_its_own_std(tiny_overrides):
     assert spread_sigma(0.1, 0.4, 0.0, 8) == 0.1 and spread_sigma(0.0, 0.4, 1.0, 8) == 0.0
 
     def last_inputs(extra):  # one step, so the step's std is sigma_end; whole views: the same crops each run
-        seen = []
-
-        def spy(run):
-            encode = run.models.clip.encode_image
-            run.models.clip.encode_image = lambda x: (seen.append(x.detach().clone()), encode(x))[1]
-
-        cfg = load_config([], tiny_overrides + ["steps=1", "cutouts.augments=[]", "cutouts.whole=1.0",
-                                                "cutouts.cutn=32"] + extra, prompts=["a red car"])
-        generate(cfg, save=False, progress=False, setup=spy)
-        return seen[-1]
+        return _clip_inputs(tiny_overrides + ["steps=1", "cutouts.augments=[]", "cutouts.whole=1.0",
+                                              "cutouts.cutn=32"] + extra)[-1]
 
     clean = last_inputs([])
     per_cut = (last_inputs(["cutouts.sigma=0.4", "cutouts.sigma_end=0.1", "cutouts.sigma_spread=1"]) - clean)

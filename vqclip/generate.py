@@ -155,8 +155,7 @@ def embed_cutouts(clip: ClipModel, augment: torch.nn.Module, images: torch.Tenso
 
     Cutouts are resampled in one batched call (or a loop, `cutouts.batched=false`), augmented, and
     given Gaussian pixel noise of std `noise` (a number, or one std per cutout [B * cutn, 1, 1, 1]);
-    CLIP runs in the config's precision. `timer` wraps
-    the "cutouts" and "clip" phases.
+    CLIP runs in the config's precision. `timer` wraps the "cutouts" and "clip" phases.
     """
     cut = make_cutouts if cfg.cutouts.batched else make_cutouts_loop
     with timer("cutouts"):

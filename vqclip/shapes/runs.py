@@ -10,10 +10,10 @@ step of the generator's own method per fine-tuning step, with the CLIP as it is 
   one per `latent_block` square, or the encoded `init` start);
 - a step is the generator's step (`vqclip.generate`): straight-through snap to the codebook,
   decode, cutouts as the config takes them (`cutn`, `cut_pow`, `min_size`, `whole`, augments,
-  and the noise of `sigma` to `sigma_end` at the run's age), the spherical distance to the
-  caption's embedding, gradients averaged over token blocks for the first `latent_block_steps` of
-  a run, Adam (its moments kept per run) at the cosine-decayed rate
-  of the run's age, and the clamp to the codebook's range;
+  and the noise of `sigma` to `sigma_end` at the run's age, spread by `sigma_spread`), the
+  spherical distance to the caption's embedding, gradients averaged over token blocks for the first
+  `latent_block_steps` of a run, Adam (its moments kept per run) at the cosine-decayed rate of the
+  run's age, and the clamp to the codebook's range;
 - after `life` steps (the generator's `steps`) a run starts over with another caption. Lives are
   staggered from the start, so the runs are spread over every age.
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vqclip.blocks import block_mean
-from vqclip.cutouts import add_noise, build_augments, make_cutouts, scheduled_sigma
+from vqclip.cutouts import add_noise, build_augments, make_cutouts, scheduled_sigma, spread_sigma
 from vqclip.generate import cosine_lr, initial_latent, synth
 from vqclip.perf import autocast
 from vqclip.prompts import spherical_distance
@@ -87,11 +87,14 @@ class GeneratorRuns:
         # the caller (a bf16-mixed trainer) runs under
         with torch.enable_grad(), torch.autocast("cpu", enabled=False):
             image = synth(self.vqgan, z, self.dtype)
+            if cut.sigma > 0:  # each run's cutouts noised as the generator's at that run's age (drawn first, as there)
+                stds = [spread_sigma(scheduled_sigma(cut.sigma, cut.sigma_end, int(a), self.life), cut.sigma,
+                                     cut.sigma_spread, cut.cutn) for a in self.age]
+                sigma = torch.cat([s if torch.is_tensor(s) else torch.full((cut.cutn, 1, 1, 1), s) for s in stds])
             cuts = self.augment(make_cutouts(image, cut.cutn, self.input_size, cut.cut_pow, cut.min_size,
                                              cut.whole))
-            if cut.sigma > 0:  # each run's cutouts noised as the generator's at that run's age
-                sigma = torch.tensor([scheduled_sigma(cut.sigma, cut.sigma_end, int(a), self.life) for a in self.age])
-                cuts = add_noise(cuts, sigma.repeat_interleave(cut.cutn).view(-1, 1, 1, 1))
+            if cut.sigma > 0:
+                cuts = add_noise(cuts, sigma)
             with autocast(image.device, self.dtype):
                 emb = encode((cuts - mean) / std)
             emb = emb.float().view(len(z), cut.cutn, -1)
