@@ -17,13 +17,14 @@ def _setup(tiny_overrides, *extra):
     return cfg, models, scene, text
 
 
-@pytest.mark.parametrize("spread", ["cutouts.sigma_spread=0", "cutouts.sigma_spread=1"])
+@pytest.mark.parametrize("spread", [["cutouts.sigma_spread=0"], ["cutouts.sigma_spread=1"],
+                                    ["cutouts.sigma_spread=1", "optim.noise=1.0"]])
 def test_a_run_steps_exactly_as_the_generator_does(tiny_overrides, spread):
     # whole views and no augments: the cutouts are the same in both, so the latents must agree
     # (and the same noise draws for the noised cutouts: the RNG is seeded alike before each step)
     cfg, models, scene, text = _setup(tiny_overrides, "cutouts.whole=1.0", "cutouts.augments=[]", "latent_block=2",
                                       "latent_block_steps=0.5", "optim.lr=0.2", "optim.final_lr=0.02",
-                                      "cutouts.sigma=0.3", "cutouts.sigma_end=0.05", spread)
+                                      "cutouts.sigma=0.3", "cutouts.sigma_end=0.05", *spread)
     run = Run(cfg, models, torch.device("cpu"))
     runs = GeneratorRuns(models.vqgan, [scene], 1, cfg, seed=0, input_size=models.clip.input_size)
     runs.z[0] = run.z.detach()[0]

@@ -99,7 +99,7 @@ def test_whole_share_is_whole_views():
     ("cutouts.sigma=-0.5", "'cutouts.sigma'.*>= 0"),
     ("cutouts.sigma_end=0.2", "'cutouts.sigma_end'.*\\[0, cutouts.sigma = 0.0\\]"),
     ("cutouts.sigma_spread=2", "'cutouts.sigma_spread'.*\\[0, 1\\]"),
-    ("cutouts.sigma_spread=0.5", "'cutouts.sigma_spread'.*sigma_end > 0"),
+    ("cutouts.sigma_spread=0.5", "'cutouts.sigma_spread'.*sigma > 0"),
 ])
 def test_bad_method_values(override, words):
     with pytest.raises(ConfigError, match=words):
@@ -172,6 +172,8 @@ def test_sigma_spread_gives_each_cutout_its_own_std(tiny_overrides):
     assert float(per_cut.max() - per_cut.min()) > 0.1  # and not one std for all
     same = (last_inputs(["cutouts.sigma=0.4", "cutouts.sigma_end=0.1"]) - clean).flatten(1).std(1)
     assert float(same.max() - same.min()) < 0.03  # without the spread: every cutout at the step's 0.1
+    # the linear schedule to 0 takes the spread too; its last step (std 0) stays clean
+    assert torch.equal(last_inputs(["cutouts.sigma=0.4", "cutouts.sigma_end=0", "cutouts.sigma_spread=1"]), clean)
 
 
 def test_cosine_learning_rate_schedule(tiny_overrides):
@@ -199,6 +201,31 @@ def test_latent_blocks_move_together_then_apart(tiny_overrides):
     blocky = [bool(torch.equal(z, z[..., ::2, ::2].repeat_interleave(2, 2).repeat_interleave(2, 3))) for z in zs]
     assert blocky[:3] == [True, True, True]  # steps 0-2 of 6: blocks of 2x2 tokens
     assert not blocky[-1]  # afterwards single tokens move
+
+
+def test_latent_noise_is_blockwise_and_scaled_by_the_learning_rate(tiny_overrides):
+    from vqclip.blocks import block_noise
+
+    eps = block_noise(torch.zeros(4, 8, 16, 16), 4)
+    assert torch.equal(eps, eps[..., ::4, ::4].repeat_interleave(4, 2).repeat_interleave(4, 3))
+    assert 0.8 < float(eps[..., ::4, ::4].std()) < 1.2
+    assert 0.9 < float(block_noise(torch.zeros(8, 8, 16, 16), 1).std()) < 1.1
+    base = tiny_overrides + ["latent_block=2", "latent_block_steps=0.5", "steps=6", "optim.lr=0.05"]
+
+    def latents(extra):
+        zs = []
+        generate(load_config([], base + extra, prompts=["a red car"]), save=False, progress=False,
+                 callbacks=[lambda info: zs.append(info["z"].clone())])
+        return zs
+
+    plain, noisy = latents([]), latents(["optim.noise=2.0"])
+    # the first update is the same but for the noise: lr * noise * eps where no clamp bit
+    moved = noisy[0] - plain[0]
+    assert 0.08 < float(moved[moved != 0].std()) < 0.12  # 0.05 * 2.0
+    blocky = [bool(torch.equal(z, z[..., ::2, ::2].repeat_interleave(2, 2).repeat_interleave(2, 3))) for z in noisy]
+    assert blocky[:3] == [True, True, True] and not blocky[-1]  # the noise keeps blocks whole while they are blocks
+    with pytest.raises(ConfigError, match="'optim.noise'.*>= 0"):
+        load_config([], ["optim.noise=-0.1"])
 
 
 def test_latent_block_must_divide_the_grid(tiny_overrides):

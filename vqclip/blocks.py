@@ -33,3 +33,13 @@ def block_mean(grad: torch.Tensor, block: int) -> torch.Tensor:
     if block <= 1:
         return grad
     return F.interpolate(F.avg_pool2d(grad, block), scale_factor=block, mode="nearest")
+
+
+def block_noise(like: torch.Tensor, block: int) -> torch.Tensor:
+    """Standard normal noise shaped like `like` [B, D, h, w], one draw per block x block square (so a
+    block of tokens that moves together stays together); per element when `block` is 1."""
+    if block <= 1:
+        return torch.randn_like(like)
+    b, d, h, w = like.shape
+    coarse = torch.randn(b, d, h // block, w // block, device=like.device, dtype=like.dtype)
+    return F.interpolate(coarse, scale_factor=block, mode="nearest")

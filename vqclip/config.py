@@ -79,6 +79,10 @@ class OptimConfig:
     # Cosine decay from lr to final_lr over the run: big moves first, then refinement.
     final_lr: Optional[float] = _help("learning rate at the last step, reached by cosine decay (null: lr throughout)",
                                       default=None)
+    # Langevin-style exploration: fresh noise on the latent after every step lets a run leave a layout it would
+    # otherwise only polish (two half shapes, say); scaled by the step's learning rate, so it anneals with it.
+    noise: float = _help("std of the Gaussian noise added to the latent after each step, as a multiple of that "
+                         "step's learning rate (0: none)", default=0.0)
 
 
 @dataclass
@@ -397,6 +401,7 @@ def validate(cfg: GenerateConfig) -> None:
     _check(cfg.optim.lr > 0, "optim.lr", "a number > 0", cfg.optim.lr)
     _check(cfg.optim.final_lr is None or cfg.optim.final_lr > 0, "optim.final_lr", "null or a number > 0",
            cfg.optim.final_lr)
+    _check(math.isfinite(cfg.optim.noise) and cfg.optim.noise >= 0, "optim.noise", "a number >= 0", cfg.optim.noise)
     _check(cfg.cutouts.cutn > 0, "cutouts.cutn", "a positive integer", cfg.cutouts.cutn)
     _check(cfg.cutouts.cut_pow > 0, "cutouts.cut_pow", "a number > 0", cfg.cutouts.cut_pow)
     _check(cfg.cutouts.noise >= 0, "cutouts.noise", "a number >= 0", cfg.cutouts.noise)
@@ -408,8 +413,8 @@ def validate(cfg: GenerateConfig) -> None:
     _check(0 <= cfg.cutouts.sigma_end <= cfg.cutouts.sigma or cfg.cutouts.sigma_end == 0, "cutouts.sigma_end",
            f"a number in [0, cutouts.sigma = {cfg.cutouts.sigma}]", cfg.cutouts.sigma_end)
     _check(0 <= cfg.cutouts.sigma_spread <= 1, "cutouts.sigma_spread", "a number in [0, 1]", cfg.cutouts.sigma_spread)
-    _check(not cfg.cutouts.sigma_spread or cfg.cutouts.sigma_end > 0, "cutouts.sigma_spread",
-           "0 unless cutouts.sigma_end > 0 (the spread is log-uniform, so every step's std must be above 0)",
+    _check(not cfg.cutouts.sigma_spread or cfg.cutouts.sigma > 0, "cutouts.sigma_spread",
+           "0 unless cutouts.sigma > 0 (it spreads the cutouts' noise; a step whose std is 0 stays clean)",
            cfg.cutouts.sigma_spread)
     _check(cfg.init in INITS, "init", ", ".join(INITS), cfg.init)
     _check(cfg.init_cells >= 1, "init_cells", "an integer >= 1", cfg.init_cells)

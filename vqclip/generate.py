@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vqclip.blocks import block_mean, block_tokens, check_block
+from vqclip.blocks import block_mean, block_noise, block_tokens, check_block
 from vqclip.config import GenerateConfig, batch_count, validate
 from vqclip.cutouts import (add_noise, build_augments, make_cutouts, make_cutouts_loop, scheduled_blur,
                             scheduled_sigma, spread_sigma)
@@ -287,7 +287,8 @@ class Run:
         self._good = before  # this latent gave a finite loss
         with self.timer("backward"):
             loss.backward()
-        if self.config.latent_block > 1 and self.step_index < self.config.latent_block_steps * self.config.steps:
+        blocked = self.config.latent_block > 1 and self.step_index < self.config.latent_block_steps * self.config.steps
+        if blocked:
             self.z.grad = block_mean(self.z.grad, self.config.latent_block)  # layout first (vqclip.blocks)
         optim = self.config.optim
         if optim.final_lr is not None:
@@ -296,6 +297,9 @@ class Run:
         with self.timer("optimizer"):
             self.opt.step()
             with torch.no_grad():
+                if optim.noise:  # exploration, annealed with the learning rate (blockwise while the gradient is)
+                    eps = block_noise(self.z, self.config.latent_block if blocked else 1)
+                    self.z.add_(eps, alpha=optim.noise * self.opt.param_groups[0]["lr"])
                 self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
         if not bool(torch.isfinite(self.z).all()):
             return self._fault("the latent has NaN or inf values after the update")

@@ -28,7 +28,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from vqclip.blocks import block_mean
+from vqclip.blocks import block_mean, block_noise
 from vqclip.cutouts import add_noise, build_augments, make_cutouts, scheduled_sigma, spread_sigma
 from vqclip.generate import cosine_lr, initial_latent, synth
 from vqclip.perf import autocast
@@ -108,7 +108,12 @@ class GeneratorRuns:
         self.m, self.v, update = adam_direction(self.m, self.v, grad, t)
         final = cfg.optim.final_lr if cfg.optim.final_lr is not None else cfg.optim.lr
         lr = torch.tensor([cosine_lr(cfg.optim.lr, final, int(a), self.life) for a in self.age]).view(-1, 1, 1, 1)
-        self.z = (self.z - lr * update).maximum(self.z_min).minimum(self.z_max)
+        self.z = self.z - lr * update
+        if cfg.optim.noise:  # the generator's exploration noise, blockwise for the runs still in their block phase
+            eps = torch.cat([block_noise(self.z[i:i + 1], cfg.latent_block if bool(blocked[i]) else 1)
+                             for i in range(len(self.z))])  # run by run, drawn as the generator draws them
+            self.z = self.z + cfg.optim.noise * lr * eps
+        self.z = self.z.maximum(self.z_min).minimum(self.z_max)
         seen, scenes = image.detach().clamp(0, 1), [int(s) for s in self.scene]
         self.age += 1
         for i in np.flatnonzero(self.age >= self.life):
