@@ -5,6 +5,7 @@ With `latent_block=k`, the random start draws one codebook token per k x k block
 back), so every token of a block gets the same update and the block stays one token: the optimiser
 arranges a few large regions (the layout) before single tokens may change (the detail). Adam's
 per-element state stays identical within a block too, so this needs no second parameter.
+`block_noise` draws the exploration noise of `optim.noise` the same way, one draw per block.
 """
 from __future__ import annotations
 
