@@ -44,12 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip-noise", type=float, help="train the CLIP on views noised up to this std ([0, 1] "
                                                     "scale), ramped up with its cutouts; default 0: off")
     p.add_argument("--clip-name", help="CLIP model name (the JSON's file stem); default shapes-clip")
+    p.add_argument("--clip-width", type=int, help="the CLIP image tower's base width (ModifiedResNet); default 16")
+    p.add_argument("--clip-layers", type=int, nargs=4, metavar="DEPTH",
+                   help="blocks in each of the image tower's 4 stages; default 1 1 1 1")
     args = p.parse_args(argv)
 
     if args.harden_rounds is not None and args.harden_rounds < 1:
         p.error(f"--harden-rounds must be at least 1, got {args.harden_rounds} (use --no-harden to skip)")
     if args.clip_noise is not None and not args.clip_noise >= 0:
         p.error(f"--clip-noise must be 0 or more, got {args.clip_noise}")
+    if args.clip_width is not None and (args.clip_width < 2 or args.clip_width % 2):
+        p.error(f"--clip-width must be an even number of at least 2 (its stem is half as wide), got {args.clip_width}")
+    if args.clip_layers is not None and min(args.clip_layers) < 1:
+        p.error(f"--clip-layers takes 4 stage depths of at least 1, got {' '.join(map(str, args.clip_layers))}")
     if args.harden and args.only in ("vqgan", "clip"):
         p.error(f"--harden needs both models; with --only {args.only} there is nothing to harden against "
                 "(use --only harden on a folder holding both)")
@@ -58,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     vq = dataclasses.replace(vq, seed=args.seed, **({"steps": args.vqgan_steps} if args.vqgan_steps else {}))
     clip = dataclasses.replace(clip, seed=args.seed, **({"steps": args.clip_steps} if args.clip_steps else {}),
                                **({"name": args.clip_name} if args.clip_name else {}),
-                               **({"noise": args.clip_noise} if args.clip_noise is not None else {}))
+                               **({"noise": args.clip_noise} if args.clip_noise is not None else {}),
+                               **({"vision_width": args.clip_width} if args.clip_width else {}),
+                               **({"vision_layers": tuple(args.clip_layers)} if args.clip_layers else {}))
     harden = quick_harden_config() if args.quick else HardenConfig()
     harden = dataclasses.replace(harden, seed=args.seed,
                                  **({"rounds": args.harden_rounds} if args.harden_rounds else {}))

@@ -168,10 +168,12 @@ def test_train_script_hardens_by_default_and_not_with_no_harden(tmp_path, capsys
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes.py"
     main = runpy.run_path(str(script), run_name="train_shapes")["main"]
     assert main(["--quick", "--no-harden", "--out", str(tmp_path / "plain"), "--clip-name", "shapes-clip-quick-test",
-                 "--clip-noise", "0.3"]) == 0
+                 "--clip-noise", "0.3", "--clip-width", "8", "--clip-layers", "1", "2", "1", "1"]) == 0
     report = json.loads((tmp_path / "plain" / "training.json").read_text())
     assert set(report["metrics"]) == {"vqgan", "clip"}
     assert report["configs"]["clip"]["noise"] == 0.3
+    spec = json.loads((tmp_path / "plain" / "shapes-clip-quick-test.json").read_text())["vision_cfg"]
+    assert spec["width"] == 8 and spec["layers"] == [1, 2, 1, 1]
     assert main(["--quick", "--out", str(tmp_path / "default"), "--clip-name", "shapes-clip-quick-test"]) == 0
     report = json.loads((tmp_path / "default" / "training.json").read_text())
     assert set(report["metrics"]) == {"vqgan", "clip", "harden", "noise"}
@@ -191,7 +193,9 @@ def test_train_script_refuses_contradictory_hardening_flags(tmp_path, capsys):
     main = runpy.run_path(str(script), run_name="train_shapes")["main"]
     for argv, message in ((["--harden-rounds", "0"], "--harden-rounds must be at least 1, got 0"),
                           (["--harden", "--only", "clip"], "--harden needs both models"),
-                          (["--clip-noise", "-0.5"], "--clip-noise must be 0 or more, got -0.5")):
+                          (["--clip-noise", "-0.5"], "--clip-noise must be 0 or more, got -0.5"),
+                          (["--clip-width", "7"], "--clip-width must be an even number of at least 2"),
+                          (["--clip-layers", "1", "0", "1", "1"], "4 stage depths of at least 1, got 1 0 1 1")):
         with pytest.raises(SystemExit) as exc:
             main(["--quick", "--out", str(tmp_path)] + argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err

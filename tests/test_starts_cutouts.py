@@ -268,3 +268,69 @@ def test_channels_last_config_puts_the_decoder_in_nhwc_and_keeps_the_images(tiny
     plain = first_image("false", models)
     assert conv.weight.is_contiguous()  # and the next run, asking for the default layout, undid it
     torch.testing.assert_close(nhwc, plain, atol=1e-5, rtol=1e-4)  # only the memory layout differs
+
+
+@pytest.mark.parametrize("init", ["random", "smooth"])
+def test_init_candidates_keeps_each_images_lowest_scoring_start(tiny_overrides, monkeypatch, init):
+    import dataclasses
+    import importlib
+
+    gen_module = importlib.import_module("vqclip.generate")  # the module (vqclip.generate is also the function)
+    drawn = []
+    real = gen_module.initial_latent
+
+    def recording(*args, **kwargs):
+        z = real(*args, **kwargs)
+        drawn.append(z.detach().clone())  # the run's latent is this tensor, changed in place later
+        return z
+
+    monkeypatch.setattr(gen_module, "initial_latent", recording)
+    cfg = load_config([], tiny_overrides + [f"init={init}", "batch_size=6"], prompts=["a red car"])
+    models = load_models(cfg)
+    single = gen_module.Run(cfg, models, torch.device("cpu"))
+    assert len(drawn) == 1  # init_candidates=1 (the default): the first start, no scoring
+    first = drawn[0]
+    assert torch.equal(single.z.detach(), first)
+
+    drawn.clear()
+    picked = gen_module.Run(dataclasses.replace(cfg, init_candidates=5), models, torch.device("cpu"))
+    assert len(drawn) == 5 and torch.equal(drawn[0], first)  # the same first start, then 4 more
+    scores = picked.pick_scores
+    assert scores.shape == (5, 6) and bool(torch.isfinite(scores).all())
+    chosen = scores.argmin(0)
+    for i in range(6):  # every image starts from its own lowest-scoring candidate
+        assert torch.equal(picked.z.detach()[i], drawn[int(chosen[i])][i])
+    assert len(set(chosen.tolist())) > 1  # with 6 images and 5 candidates, not one index for all
+    assert torch.equal(picked.z_start, picked.z.detach())  # init_weight pulls toward the chosen start
+    assert single.pick_scores is None
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["init_candidates=0"], "'init_candidates'.*>= 1"),
+    (["init_candidates=4", "init=flat"], "'init_candidates'.*init=random or init=smooth"),
+    (["init_candidates=4", "init_image=start.png"], "'init_candidates'.*no init_image"),
+])
+def test_init_candidates_needs_a_drawn_start(overrides, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config([], overrides)
+
+
+def test_zoom_out_shrinks_the_view_inside_a_margin_of_its_own_edge():
+    from vqclip.cutouts import build_augments
+
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    x = torch.zeros(32, 3, 64, 64)
+    x[:, 0] = (((yy - 32) ** 2 + (xx - 32) ** 2) < 14 ** 2).float()  # a disc inside the frame
+    x[:, 1, :, :10] = 1.0  # a band cut by the left edge
+    y = build_augments(["zoom_out"], 64)(x)
+    changed = [i for i in range(32) if not torch.allclose(y[i], x[i])]
+    assert 4 < len(changed) < 28  # half of the views, at random
+    disc = float(x[0, 0].sum())
+    for i in changed:
+        ratio = float((y[i, 0] > 0.5).sum()) / disc
+        assert 0.6 ** 2 - 0.05 < ratio < 0.9 ** 2 + 0.05  # the whole view shrunk by 0.6-0.9 per side
+        assert float(y[i, 0, [0, -1]].max()) == 0 and float(y[i, 0, :, [0, -1]].max()) == 0  # the disc stays inside
+        assert bool((y[i, 1, :, 0] > 0.99).all())  # the band still reaches the edge: the margin repeats it
+        width = int((y[i, 1, 32] > 0.5).sum())  # 32 (1 - scale) of margin + 10 scale of band: 12.2-18.8
+        assert 12 <= width <= 19 and float(y[i, 1, :, 20:].max()) < 0.5

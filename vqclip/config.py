@@ -20,7 +20,7 @@ from vqclip.errors import ConfigError, looked_up
 from vqclip.starts import INITS
 
 OPTIMIZERS = ("adam", "adamw", "adagrad", "adamax", "rmsprop", "sgd")
-AUGMENTS = ("flip", "affine", "perspective", "jitter", "erasing", "sharpness", "noise", "resized_crop")
+AUGMENTS = ("flip", "affine", "perspective", "jitter", "erasing", "sharpness", "noise", "resized_crop", "zoom_out")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ATTENTION = ("sdpa", "taming")
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -222,6 +222,8 @@ class GenerateConfig:
     init_cells: int = _help("init=smooth: random colours per image side (fewer: larger colour patches)", default=4)
     init_amount: float = _help("init=smooth: contrast of the colour patches around mid-grey, 0..1 (1: full range)",
                                default=0.5)
+    init_candidates: int = _help("draw this many starts per image (init random or smooth) and keep the one with "
+                                 "the lowest first-step loss (1: the first drawn)", default=1)
     # Coarse to fine in the latent: early on, whole blocks of tokens move together (vqclip.blocks).
     latent_block: int = _help("for the first latent_block_steps, the latent moves in blocks of this many tokens "
                               "per side (layout before detail; 1: off)", default=1)
@@ -419,6 +421,9 @@ def validate(cfg: GenerateConfig) -> None:
     _check(cfg.init in INITS, "init", ", ".join(INITS), cfg.init)
     _check(cfg.init_cells >= 1, "init_cells", "an integer >= 1", cfg.init_cells)
     _check(0 <= cfg.init_amount <= 1, "init_amount", "a number in [0, 1]", cfg.init_amount)
+    _check(cfg.init_candidates >= 1, "init_candidates", "an integer >= 1", cfg.init_candidates)
+    _check(cfg.init_candidates == 1 or (cfg.init in ("random", "smooth") and not cfg.init_image), "init_candidates",
+           "1 unless the start is drawn at random (init=random or init=smooth, no init_image)", cfg.init_candidates)
     _check(cfg.losses.tones_k >= 1, "losses.tones_k", "an integer >= 1", cfg.losses.tones_k)
     _check(cfg.latent_block >= 1, "latent_block", "an integer >= 1", cfg.latent_block)
     _check(0 <= cfg.latent_block_steps <= 1, "latent_block_steps", "a number in [0, 1]", cfg.latent_block_steps)

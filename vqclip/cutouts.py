@@ -127,6 +127,8 @@ def build_augments(names: Sequence[str], cut_size: int, noise: float = 0.1) -> n
         "sharpness": lambda: K.RandomSharpness(0.3, p=0.4),
         "resized_crop": lambda: K.RandomResizedCrop((cut_size, cut_size), scale=(0.1, 1.0), p=0.5),
         "noise": lambda: K.RandomGaussianNoise(mean=0.0, std=noise, p=0.5),
+        # the view shrunk inside a margin that repeats its edge pixels: what touches the edge smears outwards
+        "zoom_out": lambda: K.RandomAffine(degrees=0, scale=(0.6, 0.9), p=0.5, padding_mode="border"),
     }
     unknown = [n for n in names if n not in table]
     if unknown:

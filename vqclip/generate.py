@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[Dict[str, Any]], None]
 Timer = Callable[[str], ContextManager[Any]]  # timer("decode") wraps one phase of a step
+PICK_REPEATS = 4  # init_candidates: each start's first-step loss is averaged over this many draws of the cutouts
 
 
 def no_timer(phase: str) -> ContextManager[Any]:
@@ -244,6 +245,30 @@ class Run:
         self.faults = 0  # NaN/inf faults so far: the first lowers the lr, the second stops the run
         self._good: Optional[tuple] = None  # (z, optimiser state, step) that last gave a finite loss
         self.lr_scale = 1.0  # halved by a numerical fault
+        self.pick_scores: Optional[torch.Tensor] = None  # init_candidates > 1: each start's score [candidates, B]
+        if config.init_candidates > 1:
+            self.pick_scores = self.pick_start(config.init_candidates)
+
+    @torch.no_grad()
+    def pick_start(self, candidates: int, repeats: int = PICK_REPEATS) -> torch.Tensor:
+        """Draw `candidates - 1` more starts per image (`initial_latent`), score each, with the
+        current one, by its first-step loss averaged over `repeats` draws of the cutouts and their
+        noise, and start each image from its lowest-scoring one; returns the scores [candidates, B]."""
+        best = self.z.detach().clone()
+        scores = []
+        for k in range(candidates):
+            z = best if k == 0 else initial_latent(self.config, self.models.vqgan, self.device, best.shape[0])
+            self.z_start = z  # so that an init_weight term reads 0 for every candidate
+            image = synth(self.models.vqgan, z, self.dtype)
+            scores.append(sum(torch.stack(self.loss_terms(image)).sum(0) for _ in range(repeats)) / repeats)
+            if k:
+                better = scores[-1] < torch.stack(scores[:-1]).min(0).values
+                best[better] = z[better]
+        chosen = torch.stack(scores).argmin(0)
+        log.info("init_candidates=%d: started from candidate %s (0: the first drawn)", candidates, chosen.tolist())
+        self.z.copy_(best)
+        self.z_start = best.clone()
+        return torch.stack(scores)
 
     def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
         """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt and CLIP

@@ -41,8 +41,8 @@ class PixelGuidedRun(Run):
     """A generator `Run` whose only loss term is each image's mean squared distance to `targets`."""
 
     def __init__(self, config: GenerateConfig, models: Models, device: torch.device, targets: torch.Tensor) -> None:
+        self.pixel_targets = targets.to(device)  # before Run's setup: init_candidates scores starts by this loss
         super().__init__(config, models, device)
-        self.pixel_targets = targets.to(device)
 
     def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
         return [F.mse_loss(image, self.pixel_targets, reduction="none").mean(dim=(1, 2, 3))]
