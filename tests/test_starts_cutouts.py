@@ -303,6 +303,10 @@ def test_init_candidates_keeps_each_images_lowest_scoring_start(tiny_overrides, 
     assert len(set(chosen.tolist())) > 1  # with 6 images and 5 candidates, not one index for all
     assert torch.equal(picked.z_start, picked.z.detach())  # init_weight pulls toward the chosen start
     assert single.pick_scores is None
+    # each candidate is scored as its own start: an init_weight term adds nothing to any score
+    pulled = gen_module.Run(dataclasses.replace(cfg, init_candidates=5, init_weight=1.0), models, torch.device("cpu"))
+    torch.testing.assert_close(pulled.pick_scores, scores)
+    assert torch.equal(pulled.z.detach(), picked.z.detach())
 
 
 @pytest.mark.parametrize("overrides, words", [

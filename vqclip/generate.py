@@ -258,7 +258,8 @@ class Run:
         scores = []
         for k in range(candidates):
             z = best if k == 0 else initial_latent(self.config, self.models.vqgan, self.device, best.shape[0])
-            self.z_start = z  # so that an init_weight term reads 0 for every candidate
+            self.z.copy_(z)  # loss_terms reads the latent itself (init_weight): each candidate as its own start,
+            self.z_start = z  # so that term reads 0 for every one of them
             image = synth(self.models.vqgan, z, self.dtype)
             scores.append(sum(torch.stack(self.loss_terms(image)).sum(0) for _ in range(repeats)) / repeats)
             if k:
