@@ -1,5 +1,6 @@
 """Interrupt and resume: the saved state, bit-exact continuation, extending a run, and what is refused."""
 import hashlib
+import importlib
 import os
 import signal
 
@@ -12,6 +13,8 @@ from vqclip import generate, load_config
 from vqclip.cli import main
 from vqclip.errors import ResumeError
 from vqclip.resume import STATE_FILE, load_state, resume
+
+gen_module = importlib.import_module("vqclip.generate")
 
 
 def _sha(path):
@@ -50,6 +53,19 @@ def test_interrupted_then_resumed_gives_the_same_png_bytes(tiny_overrides):
         assert _sha(frame) == _sha(done.run_dir / "frames" / frame.name)
     assert _frames(done.run_dir / "progress.mp4") == _frames(whole.run_dir / "progress.mp4") == 13
     assert not [p for p in done.run_dir.rglob("*") if ".tmp" in p.name or ".part" in p.name]
+
+
+def test_a_resumed_run_skips_the_choice_of_start_and_still_matches(tiny_overrides, monkeypatch):
+    args = tiny_overrides + ["steps=8", "init_candidates=3"]
+    whole = generate(load_config([], args, prompts=["x"]), progress=False)
+    cut = generate(load_config([], args, prompts=["x"]), progress=False, callbacks=[_interrupt_at(3)])
+    assert cut.interrupted
+    picks = []
+    original = gen_module.Run.pick_start
+    monkeypatch.setattr(gen_module.Run, "pick_start", lambda run, *a, **k: picks.append(1) or original(run, *a, **k))
+    done = resume(cut.run_dir, progress=False)
+    assert picks == []  # the saved latent replaces any start, so none is drawn or scored
+    assert _sha(done.run_dir / "image.png") == _sha(whole.run_dir / "image.png")
 
 
 def test_state_is_weights_only_and_extending_a_finished_run_matches_a_longer_one(tiny_overrides):

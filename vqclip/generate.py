@@ -224,9 +224,11 @@ class Run:
 
     Built by `generate`, and usable directly by drivers that change things between steps
     (animations swap targets or latents). Seeds torch's RNG from `config.seed` when created.
+    `pick=False` skips the choice among `config.init_candidates` starts (a resumed run, whose
+    latent, optimiser and RNG state are about to be replaced by the saved ones).
     """
 
-    def __init__(self, config: GenerateConfig, models: Models, device: torch.device) -> None:
+    def __init__(self, config: GenerateConfig, models: Models, device: torch.device, pick: bool = True) -> None:
         self.config, self.models, self.device = config, models, device
         self.dtype = configure_models(config, models, device)  # attention, memory format, checkpointing
         self.timer: Timer = no_timer  # the benchmark times each phase through this
@@ -246,7 +248,7 @@ class Run:
         self._good: Optional[tuple] = None  # (z, optimiser state, step) that last gave a finite loss
         self.lr_scale = 1.0  # halved by a numerical fault
         self.pick_scores: Optional[torch.Tensor] = None  # init_candidates > 1: each start's score [candidates, B]
-        if config.init_candidates > 1:
+        if pick and config.init_candidates > 1:
             self.pick_scores = self.pick_start(config.init_candidates)
 
     @torch.no_grad()
@@ -418,7 +420,7 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
 
     check_memory(config, models.vqgan.ddconfig, device, batch=batch_count(config),
                  checkpointing=wants_checkpointing(config.grad_checkpointing, config.size))
-    run = Run(config, models, device)
+    run = Run(config, models, device, pick=not resume)  # a resumed run gets its saved latent
     if setup:
         setup(run)
     if resume:
