@@ -134,3 +134,17 @@ def test_resume_with_a_damaged_video_is_one_clear_error_and_keeps_the_file(tiny_
     video.unlink()  # moved away: the resumed run starts a new video with the rest of the frames
     assert main(["resume", str(cut.run_dir), "-q"]) == 0
     assert _frames(video) == 12 - 4 + 1
+
+
+@pytest.mark.parametrize("stop_at", [1, 5])  # during the race (it ends at step 4) and after it
+def test_a_race_interrupted_during_or_after_it_resumes_to_the_same_png(tiny_overrides, stop_at):
+    args = tiny_overrides + ["steps=8", "race=3", "race_steps=0.5", "batch_size=2"]
+    whole = generate(load_config([], args, prompts=["x"]), progress=False)
+    cut = generate(load_config([], args, prompts=["x"]), progress=False, callbacks=[_interrupt_at(stop_at)])
+    assert cut.interrupted and len(cut.images) == 2  # each image's leading copy, not the 6 copies
+    saved = load_state(cut.run_dir)
+    assert saved["z"].shape[0] == (6 if stop_at < 4 else 2)  # every copy is kept until the race ends
+    done = resume(cut.run_dir, progress=False)
+    assert done.losses == whole.losses
+    for name in ("image-0.png", "image-1.png"):
+        assert _sha(done.run_dir / name) == _sha(whole.run_dir / name)

@@ -309,6 +309,50 @@ def test_init_candidates_keeps_each_images_lowest_scoring_start(tiny_overrides, 
     assert torch.equal(pulled.z.detach(), picked.z.detach())
 
 
+def test_race_runs_every_copy_then_keeps_each_images_lowest_scoring_one(tiny_overrides):
+    import importlib
+
+    gen_module = importlib.import_module("vqclip.generate")
+    cfg = load_config([], tiny_overrides + ["steps=8", "race=3", "race_steps=0.5",
+                                            "batch_prompts=[a red car,a blue boat]"])
+    models = load_models(cfg)
+    run = gen_module.Run(cfg, models, torch.device("cpu"))
+    assert run.z.shape[0] == 6 and run.race_end == 4
+    assert [t.name for t in sorted(run.targets, key=lambda t: t.image)] == ["a red car", "a blue boat"] * 3
+    for _ in range(4):
+        info = run.step()
+        assert info["image"].shape[0] == 2 and len(info["image_losses"]) == 2  # each image's leading copy
+    copies = run.z.detach().clone()
+    moments = {k: v.clone() for k, v in run.opt.state_dict()["state"][0].items()}
+    run.end_race()
+    kept = run.race_scores.argmin(0)  # [2]: the copy kept for each image
+    assert run.race_scores.shape == (3, 2) and not run.racing
+    for i in range(2):
+        row = int(kept[i]) * 2 + i
+        assert torch.equal(run.z.detach()[i], copies[row])
+        for key in ("exp_avg", "exp_avg_sq"):  # Adam goes on with the kept copy's own moments
+            assert torch.equal(run.opt.state_dict()["state"][0][key][i], moments[key][row])
+    assert run.opt.state_dict()["state"][0]["step"] == moments["step"]
+    assert [t.image for t in run.targets] == [0, 1]
+    run.step()
+    assert run.z.shape[0] == 2 and run.z.grad is not None  # the kept copies are what the optimiser moves
+
+    result = generate(cfg, models=models, progress=False, save=False)
+    assert len(result.images) == 2 and result.z.shape[0] == 2 and len(result.losses) == 8
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["race=0"], "'race'.*>= 1"),
+    (["race=2", "init=flat"], "'race'.*init=random or init=smooth"),
+    (["race=2", "init_image=start.png"], "'race'.*no init_image"),
+    (["race=2", "race_steps=1"], "'race_steps'.*between 0 and 1"),
+    (["race_steps=0"], "'race_steps'.*between 0 and 1"),
+])
+def test_race_needs_a_drawn_start_and_a_share_of_the_steps(overrides, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config([], overrides)
+
+
 @pytest.mark.parametrize("overrides, words", [
     (["init_candidates=0"], "'init_candidates'.*>= 1"),
     (["init_candidates=4", "init=flat"], "'init_candidates'.*init=random or init=smooth"),

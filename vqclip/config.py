@@ -224,6 +224,10 @@ class GenerateConfig:
                                default=0.5)
     init_candidates: int = _help("draw this many starts per image (init random or smooth) and keep the one with "
                                  "the lowest first-step loss (1: the first drawn)", default=1)
+    race: int = _help("optimise this many copies of each image, each from its own drawn start, for the first "
+                      "race_steps of the run, then keep the copy with the lowest loss (1: off)", default=1)
+    race_steps: float = _help("race > 1: fraction of the steps the copies run before one is kept, 0..1 "
+                              "(exclusive)", default=0.25)
     # Coarse to fine in the latent: early on, whole blocks of tokens move together (vqclip.blocks).
     latent_block: int = _help("for the first latent_block_steps, the latent moves in blocks of this many tokens "
                               "per side (layout before detail; 1: off)", default=1)
@@ -424,6 +428,11 @@ def validate(cfg: GenerateConfig) -> None:
     _check(cfg.init_candidates >= 1, "init_candidates", "an integer >= 1", cfg.init_candidates)
     _check(cfg.init_candidates == 1 or (cfg.init in ("random", "smooth") and not cfg.init_image), "init_candidates",
            "1 unless the start is drawn at random (init=random or init=smooth, no init_image)", cfg.init_candidates)
+    _check(cfg.race >= 1, "race", "an integer >= 1", cfg.race)
+    _check(cfg.race == 1 or (cfg.init in ("random", "smooth") and not cfg.init_image), "race",
+           "1 unless the start is drawn at random (init=random or init=smooth, no init_image)", cfg.race)
+    _check(cfg.race == 1 or cfg.mode == "image", "race", f"1 unless mode=image (mode={cfg.mode})", cfg.race)
+    _check(0 < cfg.race_steps < 1, "race_steps", "a number between 0 and 1 (exclusive)", cfg.race_steps)
     _check(cfg.losses.tones_k >= 1, "losses.tones_k", "an integer >= 1", cfg.losses.tones_k)
     _check(cfg.latent_block >= 1, "latent_block", "an integer >= 1", cfg.latent_block)
     _check(0 <= cfg.latent_block_steps <= 1, "latent_block_steps", "a number in [0, 1]", cfg.latent_block_steps)
@@ -446,8 +455,24 @@ def validate(cfg: GenerateConfig) -> None:
 
 
 def batch_count(cfg: GenerateConfig) -> int:
-    """How many images a run optimises at once: one per batch prompt, else `batch_size`."""
+    """How many images a run makes: one per batch prompt, else `batch_size` (`race` copies of each are
+    optimised at once for the race's steps: see `race_config`)."""
     return len(cfg.batch_prompts) or cfg.batch_size
+
+
+def race_config(cfg: GenerateConfig) -> GenerateConfig:
+    """The config of a run's race phase: `race` copies of every image in one batch (copy k of image i
+    is entry k * batch_count + i, with image i's batch prompt); `cfg` itself when race is 1."""
+    if cfg.race == 1:
+        return cfg
+    if cfg.batch_prompts:
+        return dataclasses.replace(cfg, batch_prompts=list(cfg.batch_prompts) * cfg.race)
+    return dataclasses.replace(cfg, batch_size=cfg.batch_size * cfg.race)
+
+
+def race_end(cfg: GenerateConfig) -> int:
+    """The step at which a race (`race` > 1) keeps one copy per image: race_steps of the steps, at least 1."""
+    return max(1, round(cfg.race_steps * cfg.steps))
 
 
 def _leaves(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:

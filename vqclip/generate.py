@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vqclip.blocks import block_mean, block_noise, block_tokens, check_block
-from vqclip.config import GenerateConfig, batch_count, validate
+from vqclip.config import GenerateConfig, batch_count, race_config, race_end, validate
 from vqclip.cutouts import (add_noise, build_augments, make_cutouts, make_cutouts_loop, scheduled_blur,
                             scheduled_sigma, spread_sigma)
 from vqclip.ensemble import build_guides, check_extra_clip_files, load_extra_clips
@@ -234,10 +234,16 @@ class Run:
         self.timer: Timer = no_timer  # the benchmark times each phase through this
         torch.manual_seed(config.seed)  # type: ignore[arg-type]
         self.augment = build_augments(config.cutouts.augments, models.clip.input_size, config.cutouts.noise)
-        self.targets = build_targets(config, models, self.augment, device)
-        self.z = initial_latent(config, models.vqgan, device, batch_count(config)).requires_grad_(True)
+        # race > 1: until race_end, `race` copies of every image in one batch (vqclip.config.race_config)
+        self.racing = config.race > 1
+        self.race_end = race_end(config) if self.racing else 0
+        self.race_scores: Optional[torch.Tensor] = None  # after a race: each copy's score [race, B]
+        self._shown: Optional[torch.Tensor] = None  # during a race: each image's leading copy at the last step
+        population = race_config(config)
+        self.targets = build_targets(population, models, self.augment, device)
+        self.z = initial_latent(config, models.vqgan, device, batch_count(population)).requires_grad_(True)
         self.z_start = self.z.detach().clone()
-        self.guides = build_guides(config, models, device)  # clip.extra models, each with its own targets
+        self.guides = build_guides(population, models, device)  # clip.extra models, each with its own targets
         self.z_min = models.vqgan.codebook.min(0).values.view(1, -1, 1, 1)
         self.z_max = models.vqgan.codebook.max(0).values.view(1, -1, 1, 1)
         self.opt = make_optimizer(config.optim.name, [self.z], config.optim.lr)
@@ -273,6 +279,36 @@ class Run:
         self.z_start = best.clone()
         return torch.stack(scores)
 
+    @torch.no_grad()
+    def end_race(self, choose: bool = True) -> None:
+        """End the race phase (`race` > 1): score every copy by its loss at this step, averaged over
+        PICK_REPEATS draws of the cutouts and their noise, and go on with each image's lowest-scoring
+        copy, its optimiser state included. `choose=False` keeps the first copies unscored (a resumed
+        run, whose latent is about to be replaced by the saved one)."""
+        b, race = batch_count(self.config), self.config.race
+        rows = torch.arange(b, device=self.z.device)
+        if choose:
+            image = synth(self.models.vqgan, self.z, self.dtype)
+            scores = sum(torch.stack(self.loss_terms(image)).sum(0) for _ in range(PICK_REPEATS)) / PICK_REPEATS
+            self.race_scores = scores.view(race, b)
+            copies = self.race_scores.argmin(0)
+            rows = copies * b + rows
+            log.info("race=%d: after %d steps, kept copy %s of each image (0: the first)", race, self.step_index,
+                     copies.tolist())
+        n = self.z.shape[0]
+        state = self.opt.state_dict()
+        for entry in state["state"].values():  # per-element optimiser state (Adam's moments) follows its copy
+            for key, value in entry.items():
+                if torch.is_tensor(value) and value.dim() and value.shape[0] == n:
+                    entry[key] = value[rows].clone()
+        self.z = self.z.detach()[rows].clone().requires_grad_(True)
+        self.z_start = self.z_start[rows].clone()
+        self.opt = make_optimizer(self.config.optim.name, [self.z], self.config.optim.lr)
+        self.opt.load_state_dict(state)
+        self.targets = build_targets(self.config, self.models, self.augment, self.device)
+        self.guides = build_guides(self.config, self.models, self.device)
+        self.racing = False
+
     def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
         """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt and CLIP
         model (+ init, + the extra image losses)."""
@@ -302,6 +338,8 @@ class Run:
         latent and optimiser state are restored, the learning rate is halved and the step is taken
         again; the second time, the last good latent is restored and NumericalError is raised.
         """
+        if self.racing and self.step_index >= self.race_end:
+            self.end_race()
         before = (self.z.detach().clone(), copy.deepcopy(self.opt.state_dict()), self.step_index)
         self.opt.zero_grad(set_to_none=True)
         with self.timer("decode"):
@@ -331,10 +369,13 @@ class Run:
                 self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
         if not bool(torch.isfinite(self.z).all()):
             return self._fault("the latent has NaN or inf values after the update")
+        shown = self._leaders(per_image.detach())  # every image, or each image's leading copy in a race
+        self._shown = shown
+        value = float(per_image.detach()[shown].sum())
         self.losses.append(value)
-        self.image_losses = per_image.detach().tolist()
-        info = {"step": self.step_index, "z": self.z.detach(), "image": image.detach(), "loss": self.losses[-1],
-                "losses": [float(t.detach().sum()) for t in terms],
+        self.image_losses = per_image.detach()[shown].tolist()
+        info = {"step": self.step_index, "z": self.z.detach()[shown], "image": image.detach()[shown],
+                "loss": self.losses[-1], "losses": [float(t.detach()[shown].sum()) for t in terms],
                 "image_losses": self.image_losses, "final": False}
         self.step_index += 1
         return info
@@ -361,9 +402,26 @@ class Run:
                     "rate to %g (a second fault stops the run)", step, what, self.step_index, lr / 2)
         return self.step()
 
+    def shown_rows(self) -> torch.Tensor:
+        """Rows of the batch that stand for the run's images now: all of them, or during a race each
+        image's copy that led at the last step (the first copies before any step)."""
+        if not self.racing:
+            return torch.arange(self.z.shape[0], device=self.z.device)
+        if self._shown is None:
+            return torch.arange(batch_count(self.config), device=self.z.device)
+        return self._shown
+
+    def _leaders(self, per_image: torch.Tensor) -> torch.Tensor:
+        """Rows of the batch that stand for the run's images: all of them, or during a race each
+        image's copy with the lowest loss at this step (what callbacks and the loss report show)."""
+        if not self.racing:
+            return torch.arange(per_image.shape[0], device=per_image.device)
+        b = batch_count(self.config)
+        return per_image.view(self.config.race, b).argmin(0) * b + torch.arange(b, device=per_image.device)
+
     @torch.no_grad()
     def image(self) -> torch.Tensor:
-        """The image [B, 3, H, W] in [0, 1] of the current latent."""
+        """The image [B, 3, H, W] in [0, 1] of the current latent (in a race: the copies [race * B, ...])."""
         return synth(self.models.vqgan, self.z, self.dtype)
 
 
@@ -418,7 +476,7 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
     from vqclip.memory import check_memory
     from vqclip.resume import apply_state, capture_state, save_state
 
-    check_memory(config, models.vqgan.ddconfig, device, batch=batch_count(config),
+    check_memory(config, models.vqgan.ddconfig, device, batch=batch_count(config) * config.race,
                  checkpointing=wants_checkpointing(config.grad_checkpointing, config.size))
     run = Run(config, models, device, pick=not resume)  # a resumed run gets its saved latent
     if setup:
@@ -446,8 +504,11 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
                 fault = exc
             resumable = writer is not None and config.mode == "image"  # a story's schedule is not saved
             state = capture_state(run) if resumable else None  # the RNG as it is after the last completed step
-            final = run.image()
-            info = {"step": run.step_index, "z": run.z.detach(), "image": final,
+            if run.racing and fault is None and not stop.requested:
+                run.end_race()  # a run no longer than its race keeps each image's best copy now
+            shown = run.shown_rows()  # stopped during a race: the saved state keeps every copy
+            final = run.image()[shown]
+            info = {"step": run.step_index, "z": run.z.detach()[shown], "image": final,
                     "loss": run.losses[-1] if run.losses else float("nan"), "losses": [],
                     "image_losses": run.image_losses, "final": True,
                     "interrupted": stop.requested}
@@ -465,7 +526,7 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
     if fault is not None:
         where = f"; the last good image is {writer.run_dir / 'image.png'}" if writer else ""
         raise NumericalError(f"{fault}{where}") from None
-    return GenerationResult(images=[to_pil(img) for img in final], z=run.z.detach(), losses=run.losses,
+    return GenerationResult(images=[to_pil(img) for img in final], z=run.z.detach()[shown], losses=run.losses,
                             config=config, run_dir=writer.run_dir if writer else None,
                             paths=writer.paths if writer else [], interrupted=stop.requested,
                             state_path=state_path)

@@ -131,6 +131,8 @@ def resume_config(state: Dict[str, Any], overrides: Sequence[str] = ()) -> "Gene
 
 def apply_state(run: "Run", state: Dict[str, Any]) -> None:
     """Put a saved latent, optimiser state, step, losses and RNG state into a freshly built `Run`."""
+    if getattr(run, "racing", False) and state["step"] >= run.race_end:
+        run.end_race(choose=False)  # saved after its race: one copy per image, replaced just below
     if tuple(state["z"].shape) != tuple(run.z.shape):
         raise ResumeError(f"the saved latent has shape {tuple(state['z'].shape)}, the run needs {tuple(run.z.shape)}")
     with torch.no_grad():

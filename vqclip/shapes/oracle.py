@@ -51,13 +51,13 @@ class PixelGuidedRun(Run):
 def pixel_oracle(config: GenerateConfig, scenes: Sequence[Scene], seed: int = 0,
                  models: Optional[Models] = None) -> List[OracleResult]:
     """Optimise one latent per scene (one batch) towards a drawing of it for `config.steps` steps,
-    as the generator would with `config`; return what the evaluator reads in each final image."""
+    as the generator would with `config` (but no `race`); return what the evaluator reads in each final image."""
     from vqclip.generate import load_models, prepare
 
     device = torch.device("cpu")
     models = models or load_models(config, device, progress=False)
     cfg = prepare(replace(config, prompts=[], batch_prompts=[s.caption for s in scenes], batch_size=len(scenes),
-                          seed=seed))
+                          seed=seed, race=1))  # one optimisation per scene: a race would pick by the pixel loss
     rng = np.random.default_rng(seed)
     targets = torch.stack([to_tensor(draw(s, rng, size=cfg.size[0])) for s in scenes])
     run = PixelGuidedRun(cfg, models, device, targets)

@@ -8,8 +8,8 @@ step of the generator's own method per fine-tuning step, with the CLIP as it is 
 
 - a run starts as the generator starts (`vqclip.generate.initial_latent`: random codebook tokens,
   one per `latent_block` square, or the encoded `init` start), from the first start drawn: the
-  config's `init_candidates` is not followed (the generator scores its candidate starts with the
-  CLIP, and here that CLIP is the one being trained);
+  config's `init_candidates` and `race` are not followed (the generator scores its candidate starts
+  and copies with the CLIP, and here that CLIP is the one being trained);
 - a step is the generator's step (`vqclip.generate`): straight-through snap to the codebook,
   decode, cutouts as the config takes them (`cutn`, `cut_pow`, `min_size`, `whole`, augments,
   and the noise of `sigma` to `sigma_end` at the run's age, spread by `sigma_spread`), the
