@@ -158,6 +158,29 @@ def test_memory_estimate_suggests_a_size_that_fits():
                      free=free, batch=2)
 
 
+def test_a_race_is_checked_for_memory_with_every_copy(tiny_overrides, monkeypatch):
+    import torch
+
+    import vqclip.memory
+    from tests.fixtures import TINY_DDCONFIG
+    from vqclip import generate
+    from vqclip.config import load_config
+    from vqclip.errors import ConfigError
+    from vqclip.memory import check_memory, cutout_bytes, decoder_bytes
+
+    batches = []
+    real = vqclip.memory.check_memory
+    monkeypatch.setattr(vqclip.memory, "check_memory", lambda *a, **k: batches.append(k["batch"]) or real(*a, **k))
+    cfg = load_config([], tiny_overrides + ["steps=2", "race=3", "batch_size=2"], prompts=["x"])
+    generate(cfg, progress=False, save=False)
+    assert batches and set(batches) == {6}  # 2 images x 3 copies, at model load and before the run
+    monkeypatch.undo()
+    free = decoder_bytes(TINY_DDCONFIG, [256, 256], batch=2) + cutout_bytes(8, batch=2, size=(256, 256))
+    race = load_config([], ["size=[256,256]", "cutouts.cutn=8", "race=3"])
+    with pytest.raises(ConfigError, match=r"'size'.*a smaller race \(race=3 holds"):
+        check_memory(race, TINY_DDCONFIG, torch.device("cpu"), free=free, batch=3)
+
+
 def test_output_folder_that_cannot_be_written(tiny_overrides, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

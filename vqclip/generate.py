@@ -121,7 +121,7 @@ def load_models(cfg: GenerateConfig, device: Optional[torch.device] = None, prog
 
     ddconfig = read_model_config(config_path)["params"]["ddconfig"]
     check_size(cfg.size, 2 ** (len(ddconfig["ch_mult"]) - 1))  # size checks before any weights load
-    check_memory(cfg, ddconfig, device, batch=batch_count(cfg),
+    check_memory(cfg, ddconfig, device, batch=batch_count(cfg) * cfg.race,  # a race holds every copy at once
                  checkpointing=wants_checkpointing(cfg.grad_checkpointing, cfg.size))
     # init images and made starts are encoded; zoom and restyle re-encode frames
     encoder = bool(cfg.init_image) or cfg.init != "random" or cfg.mode in ("zoom", "restyle")

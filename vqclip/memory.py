@@ -133,4 +133,6 @@ def check_memory(cfg: "GenerateConfig", ddconfig: Dict[str, Any], device: torch.
     fit = largest_fitting_size(ddconfig, cfg.size, free - cuts, batch, checkpointing)
     raise ConfigError(f"bad value for config key 'size': {list(cfg.size)} needs about {_gb(need)} of memory "
                       f"on {device.type} (an estimate), but {_gb(free)} is free; allowed here: about "
-                      f"size={fit} or smaller, or fewer cutouts.cutn, or a device with more memory")
+                      f"size={fit} or smaller, or fewer cutouts.cutn"
+                      + (f", or a smaller race (race={cfg.race} holds that many copies of each image)"
+                         if cfg.race > 1 else "") + ", or a device with more memory")
