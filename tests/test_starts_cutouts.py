@@ -339,6 +339,9 @@ def test_race_runs_every_copy_then_keeps_each_images_lowest_scoring_one(tiny_ove
 
     result = generate(cfg, models=models, progress=False, save=False)
     assert len(result.images) == 2 and result.z.shape[0] == 2 and len(result.losses) == 8
+    short = load_config([], tiny_overrides + ["steps=1", "race=3", "batch_prompts=[a red car,a blue boat]"])
+    result = generate(short, models=models, progress=False, save=False)  # the race outlasts the run: kept at its end
+    assert len(result.images) == 2 and result.z.shape[0] == 2
 
 
 @pytest.mark.parametrize("overrides, words", [

@@ -502,10 +502,10 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
                 _loop(run, config.steps, hooks, bar, stop)
             except NumericalError as exc:  # the run holds the last good latent: write it, then stop
                 fault = exc
-            resumable = writer is not None and config.mode == "image"  # a story's schedule is not saved
-            state = capture_state(run) if resumable else None  # the RNG as it is after the last completed step
             if run.racing and fault is None and not stop.requested:
                 run.end_race()  # a run no longer than its race keeps each image's best copy now
+            resumable = writer is not None and config.mode == "image"  # a story's schedule is not saved
+            state = capture_state(run) if resumable else None  # the RNG as it is after the last completed step
             shown = run.shown_rows()  # stopped during a race: the saved state keeps every copy
             final = run.image()[shown]
             info = {"step": run.step_index, "z": run.z.detach()[shown], "image": final,
