@@ -425,12 +425,12 @@ def validate(cfg: GenerateConfig) -> None:
     _check(cfg.init in INITS, "init", ", ".join(INITS), cfg.init)
     _check(cfg.init_cells >= 1, "init_cells", "an integer >= 1", cfg.init_cells)
     _check(0 <= cfg.init_amount <= 1, "init_amount", "a number in [0, 1]", cfg.init_amount)
-    _check(cfg.init_candidates >= 1, "init_candidates", "an integer >= 1", cfg.init_candidates)
-    _check(cfg.init_candidates == 1 or (cfg.init in ("random", "smooth") and not cfg.init_image), "init_candidates",
-           "1 unless the start is drawn at random (init=random or init=smooth, no init_image)", cfg.init_candidates)
-    _check(cfg.race >= 1, "race", "an integer >= 1", cfg.race)
-    _check(cfg.race == 1 or (cfg.init in ("random", "smooth") and not cfg.init_image), "race",
-           "1 unless the start is drawn at random (init=random or init=smooth, no init_image)", cfg.race)
+    drawn = cfg.init in ("random", "smooth") and not cfg.init_image
+    for key in ("init_candidates", "race"):  # both draw several starts per image
+        value = getattr(cfg, key)
+        _check(value >= 1, key, "an integer >= 1", value)
+        _check(value == 1 or drawn, key, "1 unless the start is drawn at random (init=random or init=smooth, "
+               "no init_image)", value)
     _check(cfg.race == 1 or cfg.mode == "image", "race", f"1 unless mode=image (mode={cfg.mode})", cfg.race)
     _check(0 < cfg.race_steps < 1, "race_steps", "a number between 0 and 1 (exclusive)", cfg.race_steps)
     _check(cfg.losses.tones_k >= 1, "losses.tones_k", "an integer >= 1", cfg.losses.tones_k)

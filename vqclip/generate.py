@@ -268,8 +268,7 @@ class Run:
             z = best if k == 0 else initial_latent(self.config, self.models.vqgan, self.device, best.shape[0])
             self.z.copy_(z)  # loss_terms reads the latent itself (init_weight): each candidate as its own start,
             self.z_start = z  # so that term reads 0 for every one of them
-            image = synth(self.models.vqgan, z, self.dtype)
-            scores.append(sum(torch.stack(self.loss_terms(image)).sum(0) for _ in range(repeats)) / repeats)
+            scores.append(self.mean_loss(synth(self.models.vqgan, z, self.dtype), repeats))
             if k:
                 better = scores[-1] < torch.stack(scores[:-1]).min(0).values
                 best[better] = z[better]
@@ -288,8 +287,7 @@ class Run:
         b, race = batch_count(self.config), self.config.race
         rows = torch.arange(b, device=self.z.device)
         if choose:
-            image = synth(self.models.vqgan, self.z, self.dtype)
-            scores = sum(torch.stack(self.loss_terms(image)).sum(0) for _ in range(PICK_REPEATS)) / PICK_REPEATS
+            scores = self.mean_loss(synth(self.models.vqgan, self.z, self.dtype), PICK_REPEATS)
             self.race_scores = scores.view(race, b)
             copies = self.race_scores.argmin(0)
             rows = copies * b + rows
@@ -308,6 +306,11 @@ class Run:
         self.targets = build_targets(self.config, self.models, self.augment, self.device)
         self.guides = build_guides(self.config, self.models, self.device)
         self.racing = False
+
+    def mean_loss(self, image: torch.Tensor, repeats: int) -> torch.Tensor:
+        """Each image's total loss [B], averaged over `repeats` draws of the cutouts and their noise
+        (how candidate starts and racing copies are scored)."""
+        return sum(torch.stack(self.loss_terms(image)).sum(0) for _ in range(repeats)) / repeats
 
     def loss_terms(self, image: torch.Tensor) -> List[torch.Tensor]:
         """Every loss term for the current image [B, 3, H, W]: one [B] tensor per prompt and CLIP
@@ -369,13 +372,15 @@ class Run:
                 self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))  # stay inside the codebook's range
         if not bool(torch.isfinite(self.z).all()):
             return self._fault("the latent has NaN or inf values after the update")
-        shown = self._leaders(per_image.detach())  # every image, or each image's leading copy in a race
-        self._shown = shown
-        value = float(per_image.detach()[shown].sum())
+        if self.racing:  # callbacks and the loss report show each image's leading copy
+            b = batch_count(self.config)
+            leading = per_image.detach().view(self.config.race, b).argmin(0)  # [B]: each image's copy
+            self._shown = leading * b + torch.arange(b, device=self.z.device)
+            value = float(self.shown(per_image.detach()).sum())
         self.losses.append(value)
-        self.image_losses = per_image.detach()[shown].tolist()
-        info = {"step": self.step_index, "z": self.z.detach()[shown], "image": image.detach()[shown],
-                "loss": self.losses[-1], "losses": [float(t.detach()[shown].sum()) for t in terms],
+        self.image_losses = self.shown(per_image.detach()).tolist()
+        info = {"step": self.step_index, "z": self.shown(self.z.detach()), "image": self.shown(image.detach()),
+                "loss": self.losses[-1], "losses": [float(self.shown(t.detach()).sum()) for t in terms],
                 "image_losses": self.image_losses, "final": False}
         self.step_index += 1
         return info
@@ -402,22 +407,14 @@ class Run:
                     "rate to %g (a second fault stops the run)", step, what, self.step_index, lr / 2)
         return self.step()
 
-    def shown_rows(self) -> torch.Tensor:
-        """Rows of the batch that stand for the run's images now: all of them, or during a race each
-        image's copy that led at the last step (the first copies before any step)."""
+    def shown(self, batch: torch.Tensor) -> torch.Tensor:
+        """The rows of a per-copy tensor [race * B, ...] that stand for the run's images [B, ...]:
+        during a race each image's copy that led at the last step (the first copies before any step);
+        outside a race the tensor itself."""
         if not self.racing:
-            return torch.arange(self.z.shape[0], device=self.z.device)
-        if self._shown is None:
-            return torch.arange(batch_count(self.config), device=self.z.device)
-        return self._shown
-
-    def _leaders(self, per_image: torch.Tensor) -> torch.Tensor:
-        """Rows of the batch that stand for the run's images: all of them, or during a race each
-        image's copy with the lowest loss at this step (what callbacks and the loss report show)."""
-        if not self.racing:
-            return torch.arange(per_image.shape[0], device=per_image.device)
-        b = batch_count(self.config)
-        return per_image.view(self.config.race, b).argmin(0) * b + torch.arange(b, device=per_image.device)
+            return batch
+        rows = self._shown if self._shown is not None else torch.arange(batch_count(self.config), device=batch.device)
+        return batch[rows]
 
     @torch.no_grad()
     def image(self) -> torch.Tensor:
@@ -506,9 +503,9 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
                 run.end_race()  # a run no longer than its race keeps each image's best copy now
             resumable = writer is not None and config.mode == "image"  # a story's schedule is not saved
             state = capture_state(run) if resumable else None  # the RNG as it is after the last completed step
-            shown = run.shown_rows()  # stopped during a race: the saved state keeps every copy
-            final = run.image()[shown]
-            info = {"step": run.step_index, "z": run.z.detach()[shown], "image": final,
+            final = run.shown(run.image())  # stopped during a race: the saved state keeps every copy
+            z = run.shown(run.z.detach())
+            info = {"step": run.step_index, "z": z, "image": final,
                     "loss": run.losses[-1] if run.losses else float("nan"), "losses": [],
                     "image_losses": run.image_losses, "final": True,
                     "interrupted": stop.requested}
@@ -526,7 +523,7 @@ def generate(config: GenerateConfig, *, models: Optional[Models] = None, callbac
     if fault is not None:
         where = f"; the last good image is {writer.run_dir / 'image.png'}" if writer else ""
         raise NumericalError(f"{fault}{where}") from None
-    return GenerationResult(images=[to_pil(img) for img in final], z=run.z.detach()[shown], losses=run.losses,
+    return GenerationResult(images=[to_pil(img) for img in final], z=z, losses=run.losses,
                             config=config, run_dir=writer.run_dir if writer else None,
                             paths=writer.paths if writer else [], interrupted=stop.requested,
                             state_path=state_path)
