@@ -148,3 +148,14 @@ def test_a_race_interrupted_during_or_after_it_resumes_to_the_same_png(tiny_over
     assert done.losses == whole.losses
     for name in ("image-0.png", "image-1.png"):
         assert _sha(done.run_dir / name) == _sha(whole.run_dir / name)
+
+
+def test_a_finished_run_whose_race_outlasted_it_can_be_extended(tiny_overrides):
+    args = tiny_overrides + ["steps=1", "race=3", "race_steps=0.5", "batch_size=2"]
+    short = generate(load_config([], args, prompts=["x"]), progress=False)
+    assert load_state(short.run_dir)["z"].shape[0] == 2  # the run's end kept one copy per image
+    longer = resume(short.run_dir, ["steps=4"], progress=False)  # a race of 0.5 x 4 steps would end at step 2
+    assert len(longer.losses) == 4 and longer.losses[0] == short.losses[0]
+    assert len(longer.images) == 2 and longer.z.shape[0] == 2
+    saved = load_state(longer.run_dir)
+    assert saved["step"] == 4 and saved["z"].shape[0] == 2

@@ -131,7 +131,12 @@ def resume_config(state: Dict[str, Any], overrides: Sequence[str] = ()) -> "Gene
 
 def apply_state(run: "Run", state: Dict[str, Any]) -> None:
     """Put a saved latent, optimiser state, step, losses and RNG state into a freshly built `Run`."""
-    if getattr(run, "racing", False) and state["step"] >= run.race_end:
+    from vqclip.config import batch_count
+
+    # A race's state holds every copy until the race ends, one latent per image after it. Which of the
+    # two was saved is read from the latent itself: a finished run whose race outlasted it (its last
+    # step ended the race) and is now extended to more steps has a race_end past the saved step.
+    if getattr(run, "racing", False) and state["z"].shape[0] == batch_count(run.config) != run.z.shape[0]:
         run.end_race(choose=False)  # saved after its race: one copy per image, replaced just below
     if tuple(state["z"].shape) != tuple(run.z.shape):
         raise ResumeError(f"the saved latent has shape {tuple(state['z'].shape)}, the run needs {tuple(run.z.shape)}")
