@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip-steps", type=int, help="override the CLIP's number of steps")
     p.add_argument("--clip-noise", type=float, help="train the CLIP on views noised up to this std ([0, 1] "
                                                     "scale), ramped up with its cutouts; default 0: off")
+    p.add_argument("--clip-distractors", type=float, metavar="SHARE",
+                   help="share of the CLIP's training images that are distractors (ellipses, rectangles, "
+                        "blobs, pairs, each with its own caption; vqclip.shapes.distractors); default 0: none")
     p.add_argument("--clip-name", help="CLIP model name (the JSON's file stem); default shapes-clip")
     p.add_argument("--clip-width", type=int, help="the CLIP image tower's base width (ModifiedResNet); default 16")
     p.add_argument("--clip-layers", type=int, nargs=4, metavar="DEPTH",
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--harden-rounds must be at least 1, got {args.harden_rounds} (use --no-harden to skip)")
     if args.clip_noise is not None and not args.clip_noise >= 0:
         p.error(f"--clip-noise must be 0 or more, got {args.clip_noise}")
+    if args.clip_distractors is not None and not 0 <= args.clip_distractors <= 1:
+        p.error(f"--clip-distractors takes a share between 0 and 1, got {args.clip_distractors}")
     if args.clip_width is not None and (args.clip_width < 2 or args.clip_width % 2):
         p.error(f"--clip-width must be an even number of at least 2 (its stem is half as wide), got {args.clip_width}")
     if args.clip_layers is not None and min(args.clip_layers) < 1:
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     clip = dataclasses.replace(clip, seed=args.seed, **({"steps": args.clip_steps} if args.clip_steps else {}),
                                **({"name": args.clip_name} if args.clip_name else {}),
                                **({"noise": args.clip_noise} if args.clip_noise is not None else {}),
+                               **({"distractors": args.clip_distractors} if args.clip_distractors is not None else {}),
                                **({"vision_width": args.clip_width} if args.clip_width else {}),
                                **({"vision_layers": tuple(args.clip_layers)} if args.clip_layers else {}))
     harden = quick_harden_config() if args.quick else HardenConfig()

@@ -197,7 +197,9 @@ def _harden_module_class():
                 images, masks = torch.cat([images, extra]), torch.cat([masks, extra_masks])
                 target = torch.cat([target, torch.tensor(own, dtype=target.dtype)])
             # Procedural negatives in the colours of random drawings of the batch, each paired with it.
-            pair_drawn = rng.integers(n_batch, size=h.negatives - n_pool)
+            world = np.flatnonzero(target[:n_batch].numpy() < len(self.scenes))  # not the distractors
+            pair_drawn = world[rng.integers(len(world), size=h.negatives - n_pool)] if len(world) else \
+                np.zeros(0, int)
             drawn = [draw_negative(self.scenes[int(target[i])], rng) for i in pair_drawn]
             negs += [torch.stack([to_tensor(d) for d in drawn])] if drawn else []
             # pooled first, then drawn (both through training cutouts), then sampled (generator-style crops)
@@ -400,7 +402,8 @@ def harden_clip(out_dir: Path, clip_cfg, cfg: HardenConfig, vqgan_name: str = "v
         module.round = r
         with _lightning_quiet():
             trainer = _trainer(cfg.steps, cfg.precision, [_LogProgress(cfg.log_every, f"harden {r + 1}")])
-            trainer.fit(module, _loader(train_scenes(), cfg.steps, cfg.batch_size, cfg.seed + 10 + r))
+            trainer.fit(module, _loader(train_scenes(), cfg.steps, cfg.batch_size, cfg.seed + 10 + r,
+                                        clip_cfg.distractors))
     metrics["seconds"] = time.time() - start
     module.model.eval()
     export_clip(module, json_path)

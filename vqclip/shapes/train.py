@@ -43,7 +43,7 @@ from torch import nn
 from vqclip.cutouts import add_noise
 from vqclip.models.vqgan import quiet_construct
 from vqclip.shapes.world import (COLORS, HELD_OUT, SHAPES, Scene, ShapesDataset, all_scenes, draw,
-                                 to_tensor, train_scenes)
+                                 format_caption, to_tensor, train_scenes)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,9 @@ class ClipTrainConfig:
     curriculum: float = 0.45  # fraction of steps by which augmented cutouts have ramped up
     augmented_share: float = 0.8  # share of augmented cutouts after the ramp (the rest: whole images)
     noise: float = 0.0  # Gaussian pixel noise on every view, std drawn per view from [0, noise * ramp]; 0: off
+    # Share of the training images that are distractors (vqclip.shapes.distractors: ellipses,
+    # rectangles, blobs, pairs, each with its own caption), so that "circle" means a circle. 0: off
+    distractors: float = 0.0
     seed: int = 0
     precision: str = "bf16-mixed"
     log_every: int = 100
@@ -197,9 +200,15 @@ def _lightning_quiet():
                 lg.setLevel(level)
 
 
-def _loader(scenes: Sequence[Scene], steps: int, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
-    """A loader over freshly drawn images: every step sees new ones."""
+def _loader(scenes: Sequence[Scene], steps: int, batch_size: int, seed: int,
+            distractors: float = 0.0) -> torch.utils.data.DataLoader:
+    """A loader over freshly drawn images: every step sees new ones (a `distractors` share of them
+    distractors, whose `scene` numbers follow the scenes')."""
     ds = ShapesDataset(scenes, length=steps * batch_size, seed=seed, size=128)
+    if distractors:
+        from vqclip.shapes.distractors import DistractorMix
+
+        ds = DistractorMix(ds, distractors)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
@@ -411,11 +420,14 @@ PARTIAL_FAMILIES = {
 _VALUES = {"color": COLORS, "shape": SHAPES, "background": COLORS}
 
 
-def _family_captions(template: str, attrs: Tuple[str, ...]) -> List[Tuple[str, Tuple[str, ...]]]:
-    """All (caption, key) pairs of a partial-caption family; key = the attribute values."""
+def _family_captions(template: str, attrs: Tuple[str, ...], shapes: Sequence[str] = SHAPES
+                     ) -> List[Tuple[str, Tuple[str, ...]]]:
+    """All (caption, key) pairs of a partial-caption family; key = the attribute values (`shapes`:
+    the shape names, the world's and any distractors')."""
+    values = {**_VALUES, "shape": tuple(shapes)}
     out = [((), {})]
     for a in attrs:
-        out = [(k + (v,), {**d, a: v}) for k, d in out for v in _VALUES[a]]
+        out = [(k + (v,), {**d, a: v}) for k, d in out for v in values[a]]
     return [(template.format(**d), k) for k, d in out if not ("color" in d and d.get("background") == d["color"])]
 
 
@@ -454,12 +466,22 @@ class ClipModule(pl.LightningModule):
         self.cfg = cfg
         self.model, tokenizer = _create_clip(json_path)
         self.scenes = train_scenes()
-        self.register_buffer("tokens", tokenizer([s.caption for s in self.scenes]), persistent=False)
+        # Caption i is scene i's; with distractors, their captions follow (vqclip.shapes.distractors).
+        labels = [(s.color, s.shape, s.background) for s in self.scenes]
+        shapes = SHAPES
+        if cfg.distractors:
+            from vqclip.shapes.distractors import DISTRACTORS, distractor_scenes
+
+            labels += distractor_scenes()
+            shapes = SHAPES + DISTRACTORS
+        self.captions = [format_caption(*label) for label in labels]
+        self.register_buffer("tokens", tokenizer(self.captions), persistent=False)
         self.families = []
         for fam, (template, attrs) in PARTIAL_FAMILIES.items():
-            pairs = _family_captions(template, attrs)
+            pairs = _family_captions(template, attrs, shapes)
             index = {k: i for i, (_, k) in enumerate(pairs)}
-            target = torch.tensor([index[tuple(getattr(s, a) for a in attrs)] for s in self.scenes])
+            named = [dict(zip(("color", "shape", "background"), label)) for label in labels]
+            target = torch.tensor([index[tuple(n[a] for a in attrs)] for n in named])
             self.register_buffer(f"{fam}_tokens", tokenizer([c for c, _ in pairs]), persistent=False)
             self.register_buffer(f"{fam}_target", target, persistent=False)
             self.families.append(fam)
@@ -674,7 +696,7 @@ def train_clip(cfg: ClipTrainConfig, out_dir: Path) -> Dict[str, float]:
     start = time.time()
     with _lightning_quiet():
         trainer = _trainer(cfg.steps, cfg.precision, [_LogProgress(cfg.log_every, "clip")])
-        trainer.fit(module, _loader(train_scenes(), cfg.steps, cfg.batch_size, cfg.seed + 1))
+        trainer.fit(module, _loader(train_scenes(), cfg.steps, cfg.batch_size, cfg.seed + 1, cfg.distractors))
     seconds = time.time() - start
     weights = export_clip(module, json_path)
     model, tokenizer = load_exported_clip(json_path, weights)
