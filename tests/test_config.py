@@ -1,7 +1,7 @@
 """Config: defaults, YAML merge, dotlist overrides, and one clear error for each bad input."""
 import pytest
 
-from vqclip.config import AUGMENTS, GenerateConfig, iter_fields, load_config, to_yaml, from_yaml_text
+from vqclip.config import AUGMENTS, GenerateConfig, apply_overrides, iter_fields, load_config, to_yaml, from_yaml_text
 from vqclip.cutouts import build_augments
 from vqclip.errors import ConfigError
 
@@ -50,6 +50,9 @@ def test_yaml_roundtrip():
     ("output.fps=0", "output.fps"),
     ("vqgan.config=a.yaml", "together"),
     ("steps", "key=value"),
+    ("prompts={a:1}", "'prompts' in overrides: a mapping; allowed: a list"),
+    ("size={w:64}", "'size' in overrides: a mapping; allowed: a list"),
+    ("cutouts.augments={flip:1}", "'cutouts.augments'.*a list"),
 ])
 def test_bad_overrides(override, words):
     with pytest.raises(ConfigError, match=words):
@@ -67,6 +70,21 @@ def test_bad_yaml_names_line_and_column(tmp_path):
     listy.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config([str(listy)])
+
+
+def test_mapping_where_a_list_goes_names_the_key_and_file(tmp_path):
+    # omegaconf reports this merge as a bare TypeError, with no key
+    bad = tmp_path / "run.yaml"
+    bad.write_text("steps: 10\nclip:\n  extra: {model: x}\n")
+    with pytest.raises(ConfigError, match=rf"'clip.extra' in config file {bad}: a mapping; allowed: a list"):
+        load_config([str(bad)])
+    with pytest.raises(ConfigError, match="'prompts' in the saved config: a mapping; allowed: a list"):
+        from_yaml_text("prompts: {a: 1}\n")
+    with pytest.raises(ConfigError, match="'size' in overrides: a mapping; allowed: a list"):
+        apply_overrides(load_config([]), ["size={w:64}"])
+    good = tmp_path / "good.yaml"
+    good.write_text("prompts: [a red circle]\n")
+    assert load_config([str(good)]).prompts == ["a red circle"]
 
 
 def test_every_augment_name_builds():

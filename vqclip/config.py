@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -304,6 +304,39 @@ def _omegaconf_message(exc: OmegaConfBaseException) -> str:
     return f"bad value for config key '{key}': {msg}" if key else f"bad config: {msg}"
 
 
+def _merge(cfg: Any, data: Any, source: str) -> Any:
+    """`OmegaConf.merge(cfg, data)`; a list given where the config has a mapping, or the other way
+    round (which omegaconf reports as a bare TypeError), becomes a ConfigError naming the key."""
+    try:
+        return OmegaConf.merge(cfg, data)
+    except TypeError as exc:
+        found = _kind_mismatch(OmegaConf.to_container(cfg, resolve=False),
+                               OmegaConf.to_container(data, resolve=False), "")
+        if found is None:
+            raise ConfigError(f"bad config in {source}: {exc}") from None
+        key, want, got = found
+        raise ConfigError(f"bad value for config key '{key}' in {source}: a {got}; allowed: a {want}") from None
+
+
+def _kind_mismatch(have: Any, new: Any, prefix: str) -> Optional[Tuple[str, str, str]]:
+    """The first key (dotted) where `new` holds a list and `have` a mapping or the other way round,
+    with what the config expects and what was given; None if there is none."""
+    if not (isinstance(have, dict) and isinstance(new, dict)):
+        return None
+    kinds = {dict: "mapping", list: "list"}
+    for key, value in new.items():
+        if key not in have:
+            continue
+        full = f"{prefix}{key}"
+        want, got = kinds.get(type(have[key])), kinds.get(type(value))
+        if want and got and want != got:
+            return full, want, got
+        found = _kind_mismatch(have[key], value, full + ".")
+        if found:
+            return found
+    return None
+
+
 def _load_yaml(path: str) -> Any:
     """Read one YAML config file, turning parse errors into ConfigError with line and column."""
     p = Path(path)
@@ -357,11 +390,11 @@ def _load_config(files: Sequence[str], overrides: Sequence[str], prompts: Option
     try:
         cfg = OmegaConf.structured(GenerateConfig)
         for path in files:
-            cfg = OmegaConf.merge(cfg, _load_yaml(path))
+            cfg = _merge(cfg, _load_yaml(path), f"config file {path}")
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. steps=100)")
-        cfg = OmegaConf.merge(cfg, _from_dotlist(overrides))
+        cfg = _merge(cfg, _from_dotlist(overrides), "overrides")
         if prompts is not None:
             cfg.prompts = list(prompts)
         obj = OmegaConf.to_object(cfg)
@@ -506,7 +539,7 @@ def from_yaml_text(text: str) -> GenerateConfig:
     if not isinstance(data, type(OmegaConf.create({}))):
         raise ConfigError(f"saved config must be a mapping of keys, not a {type(data).__name__}")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(GenerateConfig), data)
+        cfg = _merge(OmegaConf.structured(GenerateConfig), data, "the saved config")
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(_omegaconf_message(exc)) from None
@@ -521,7 +554,7 @@ def apply_overrides(cfg: GenerateConfig, overrides: Sequence[str]) -> GenerateCo
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. steps=100)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cfg), _from_dotlist(overrides))
+        merged = _merge(OmegaConf.structured(cfg), _from_dotlist(overrides), "overrides")
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(_omegaconf_message(exc)) from None
