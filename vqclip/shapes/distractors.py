@@ -24,8 +24,8 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
-from vqclip.shapes.world import (COLORS, COLOR_JITTER, PALETTE, PIXEL_NOISE, SHAPES, Geometry, ShapesDataset,
-                                 coverage, format_caption, to_tensor)
+from vqclip.shapes.world import (COLORS, SHAPES, Geometry, ShapesDataset, coverage, format_caption, paint,
+                                 pixel_centres, to_tensor)
 
 DISTRACTORS: Tuple[str, ...] = ("ellipse", "rectangle", "blob", "pair")
 ASPECT_RANGE = (1.7, 2.5)  # long side / short side of an ellipse or rectangle
@@ -43,11 +43,6 @@ def distractor_caption(color: str, kind: str, background: str) -> str:
     return format_caption(color, kind, background)
 
 
-def _grid(size: int) -> Tuple[np.ndarray, np.ndarray]:
-    t = np.arange(size, dtype=np.float32) + 0.5
-    return t[None, :], t[:, None]
-
-
 def _stretched(rng: np.random.Generator, size: int) -> Tuple[float, float, float, float]:
     """Width, height and top-left of an axis-aligned box whose sides differ by `ASPECT_RANGE`."""
     long = float(rng.uniform(0.45, 0.8)) * size
@@ -58,7 +53,7 @@ def _stretched(rng: np.random.Generator, size: int) -> Tuple[float, float, float
 
 def distractor_coverage(kind: str, rng: np.random.Generator, size: int = 128) -> np.ndarray:
     """Anti-aliased mask [size, size] in [0, 1] of a random distractor of `kind`."""
-    x, y = _grid(size)
+    x, y = pixel_centres(size)
     if kind == "ellipse":
         w, h, x0, y0 = _stretched(rng, size)
         # Distance to the ellipse, scaled by its short semi-axis: near enough for a one-pixel edge.
@@ -103,11 +98,7 @@ def draw_distractor(color: str, kind: str, background: str, rng: np.random.Gener
                     ) -> Tuple[np.ndarray, np.ndarray]:
     """A random distractor as an RGB uint8 array [size, size, 3] and its coverage [size, size]."""
     mask = distractor_coverage(kind, rng, size)
-    fg = np.asarray(PALETTE[color], np.float32) + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, 3)
-    bg = np.asarray(PALETTE[background], np.float32) + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, 3)
-    img = mask[..., None] * fg + (1 - mask[..., None]) * bg
-    img = img + rng.uniform(-PIXEL_NOISE, PIXEL_NOISE, img.shape)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8), mask
+    return paint(mask, color, background, rng), mask
 
 
 class DistractorMix(torch.utils.data.Dataset):

@@ -476,11 +476,11 @@ class ClipModule(pl.LightningModule):
             shapes = SHAPES + DISTRACTORS
         self.captions = [format_caption(*label) for label in labels]
         self.register_buffer("tokens", tokenizer(self.captions), persistent=False)
+        named = [dict(zip(("color", "shape", "background"), label)) for label in labels]
         self.families = []
         for fam, (template, attrs) in PARTIAL_FAMILIES.items():
             pairs = _family_captions(template, attrs, shapes)
             index = {k: i for i, (_, k) in enumerate(pairs)}
-            named = [dict(zip(("color", "shape", "background"), label)) for label in labels]
             target = torch.tensor([index[tuple(n[a] for a in attrs)] for n in named])
             self.register_buffer(f"{fam}_tokens", tokenizer([c for c, _ in pairs]), persistent=False)
             self.register_buffer(f"{fam}_target", target, persistent=False)

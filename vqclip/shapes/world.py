@@ -127,14 +127,19 @@ def sample_geometry(shape: str, size: int, rng: np.random.Generator) -> Geometry
     return Geometry(extent, float(rng.uniform(0, size - extent)), float(rng.uniform(0, size - height)))
 
 
+def pixel_centres(size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """x [1, size] and y [size, 1] coordinates of the pixel centres of a size x size image."""
+    t = np.arange(size, dtype=np.float32) + 0.5
+    return t[None, :], t[:, None]
+
+
 def coverage(shape: str, geometry: Geometry, size: int) -> np.ndarray:
     """Anti-aliased mask [size, size] in [0, 1]: the fraction of each pixel the shape covers.
 
     Uses the signed distance of pixel centres to the shape's edges: coverage = clip(0.5 - d, 0, 1),
     exact for straight edges and near enough at corners.
     """
-    t = np.arange(size, dtype=np.float32) + 0.5
-    x, y = t[None, :], t[:, None]
+    x, y = pixel_centres(size)
     e, x0, y0 = geometry.extent, geometry.x0, geometry.y0
     if shape == "circle":
         r = e / 2
@@ -159,13 +164,19 @@ def draw(scene: Scene, rng: np.random.Generator, size: int = 128, geometry: Opti
          noise: bool = True) -> np.ndarray:
     """Draw `scene` as an RGB uint8 array [size, size, 3] (random geometry unless given)."""
     geometry = geometry or sample_geometry(scene.shape, size, rng)
-    mask = coverage(scene.shape, geometry, size)[..., None]
-    fg = np.asarray(PALETTE[scene.color], np.float32)
-    bg = np.asarray(PALETTE[scene.background], np.float32)
+    return paint(coverage(scene.shape, geometry, size), scene.color, scene.background, rng, noise)
+
+
+def paint(mask: np.ndarray, color: str, background: str, rng: np.random.Generator, noise: bool = True
+          ) -> np.ndarray:
+    """An RGB uint8 image [H, W, 3]: `color` where the coverage `mask` [H, W] is 1, `background`
+    where it is 0, with the world's colour jitter and pixel noise unless `noise` is False."""
+    fg = np.asarray(PALETTE[color], np.float32)
+    bg = np.asarray(PALETTE[background], np.float32)
     if noise:
         fg = fg + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, 3)
         bg = bg + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, 3)
-    img = mask * fg + (1 - mask) * bg
+    img = mask[..., None] * fg + (1 - mask[..., None]) * bg
     if noise:
         img = img + rng.uniform(-PIXEL_NOISE, PIXEL_NOISE, img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
