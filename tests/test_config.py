@@ -53,6 +53,19 @@ def test_yaml_roundtrip():
     ("prompts={a:1}", "'prompts' in overrides: a mapping; allowed: a list"),
     ("size={w:64}", "'size' in overrides: a mapping; allowed: a list"),
     ("cutouts.augments={flip:1}", "'cutouts.augments'.*a list"),
+    # omegaconf's own wording names neither the value nor the type; ours names both
+    ("steps=abc", "'steps': 'abc'; allowed: an integer$"),
+    ("seed=1.5", "'seed': 1.5; allowed: an integer or null$"),
+    ("channels_last=maybe", "'channels_last': 'maybe'; allowed: true, false or null$"),
+    ("size=128", "'size': 128; allowed: a list of integers$"),
+    ("size=[a,64]", r"'size\[0\]': 'a'; allowed: an integer$"),
+    ("prompts=", r"'prompts': nothing \(null\); allowed: a list of text values$"),
+    ("cutouts.augments=flip", "'cutouts.augments': 'flip'; allowed: a list of text values$"),
+    ("cutouts=[1]", r"'cutouts' in overrides: a list; allowed: a section of keys \(cutn, .*cutouts.KEY=VALUE$"),
+    ("optim=adam", r"'optim' in overrides: a single value; allowed: a section of keys \(name, lr, .*optim.KEY=VALUE$"),
+    ("clip.extra=3", r"'clip.extra': 3; allowed: a list of sections \(each with keys model, pretrained, weight\)$"),
+    ("story.scenes=[1]", r"'story.scenes\[0\]': 1; allowed: a section with keys prompts, steps, start$"),
+    ("clip.extra=[{model: x, weight: abc}]", "'weight' in an item of clip.extra: 'abc'; allowed: a number$"),
 ])
 def test_bad_overrides(override, words):
     with pytest.raises(ConfigError, match=words):
@@ -82,6 +95,10 @@ def test_mapping_where_a_list_goes_names_the_key_and_file(tmp_path):
         from_yaml_text("prompts: {a: 1}\n")
     with pytest.raises(ConfigError, match="'size' in overrides: a mapping; allowed: a list"):
         apply_overrides(load_config([]), ["size={w:64}"])
+    section = tmp_path / "section.yaml"
+    section.write_text("optim: adam\n")
+    with pytest.raises(ConfigError, match=rf"'optim' in config file {section}: a single value; allowed: a section"):
+        load_config([str(section)])
     good = tmp_path / "good.yaml"
     good.write_text("prompts: [a red circle]\n")
     assert load_config([str(good)]).prompts == ["a red circle"]

@@ -7,13 +7,16 @@ what is allowed. This module knows nothing about models or files on disk beyond 
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, Node, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from vqclip.errors import ConfigError, looked_up
@@ -288,6 +291,58 @@ _SECTIONS = {"vqgan": VQGANConfig, "clip": CLIPConfig, "optim": OptimConfig, "cu
 _LIST_ITEMS = {SceneConfig: "story.scenes", ExtraCLIPConfig: "clip.extra"}
 
 
+def _field_type(key: str) -> Any:
+    """The declared type of config key `key` (dotted; list items as `[i]`), or None if unknown."""
+    tp: Any = GenerateConfig
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
+        tp = _strip_optional(tp)
+        if part.startswith("["):
+            args = typing.get_args(tp)
+            if typing.get_origin(tp) not in (list, tuple) or not args:
+                return None
+            tp = args[0]
+        elif dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                return None
+            tp = hints[part]
+        else:
+            return None
+    return tp
+
+
+def _strip_optional(tp: Any) -> Any:
+    """`X` for `Optional[X]`, else `tp`."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) is typing.Union and len(args) == 1 else tp
+
+
+def _describe(tp: Any, key: str = "") -> Optional[str]:
+    """A declared config type in words, for the 'allowed:' part of an error; None if unknown."""
+    optional = _strip_optional(tp) is not tp
+    tp = _strip_optional(tp)
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+    plural = {bool: "true/false values", int: "integers", float: "numbers", str: "text values"}
+    if tp in words:
+        text = words[tp]
+    elif typing.get_origin(tp) in (list, tuple, collections.abc.Sequence):
+        item = (typing.get_args(tp) or (None,))[0]
+        if dataclasses.is_dataclass(item):
+            keys = ", ".join(f.name for f in dataclasses.fields(item))
+            text = f"a list of sections (each with keys {keys})"
+        else:
+            text = f"a list of {plural[item]}" if item in plural else "a list"
+    elif dataclasses.is_dataclass(tp):
+        keys = ", ".join(f.name for f in dataclasses.fields(tp))
+        text = (f"a section with keys {keys}" if key.endswith("]") or not key
+                else f"a section of keys ({keys}), set one at a time as {key}.KEY=VALUE")
+    else:
+        return None
+    if optional:
+        text = "true, false or null" if tp is bool else text + " or null"
+    return text
+
+
 def _omegaconf_message(exc: OmegaConfBaseException) -> str:
     """Turn an omegaconf exception into one line naming the key and what is allowed."""
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
@@ -300,27 +355,54 @@ def _omegaconf_message(exc: OmegaConfBaseException) -> str:
         section = _SECTIONS.get(parent.split(".")[-1], GenerateConfig) if parent else GenerateConfig
         allowed = ", ".join(f.name for f in dataclasses.fields(section))
         return f"unknown config key '{key}'; allowed keys{' under ' + parent if parent else ''}: {allowed}"
+    allowed, where = None, ""
+    if key and isinstance(exc, ValidationError):
+        allowed = _describe(_field_type(str(key)), str(key))
+        owner = getattr(exc, "object_type", None)
+        if allowed is None and owner in _LIST_ITEMS:  # a key inside a list item: omegaconf drops the path
+            hints = typing.get_type_hints(owner)
+            name = str(key).rsplit(".", 1)[-1]
+            allowed = _describe(hints[name], name) if name in hints else None
+            where = f" in an item of {_LIST_ITEMS[owner]}"
+    if allowed:  # omegaconf's own wording ("AnyNode is not a ListConfig...") names neither value nor type
+        value = _plain(getattr(exc, "value", None))
+        shown = "nothing (null)" if value is None else repr(value)
+        return f"bad value for config key '{key}'{where}: {shown}; allowed: {allowed}"
     msg = str(exc).splitlines()[0]
     return f"bad value for config key '{key}': {msg}" if key else f"bad config: {msg}"
 
 
+def _plain(value: Any) -> Any:
+    """An omegaconf container as plain Python (for messages); anything else as it is."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=False)
+    if isinstance(value, Node):  # a leaf node (AnyNode, IntegerNode, ...)
+        return value._value()
+    return value
+
+
 def _merge(cfg: Any, data: Any, source: str) -> Any:
-    """`OmegaConf.merge(cfg, data)`; a list given where the config has a mapping, or the other way
-    round (which omegaconf reports as a bare TypeError), becomes a ConfigError naming the key."""
+    """`OmegaConf.merge(cfg, data)`; a list or single value given where the config has a section,
+    or a mapping where it has a list (which omegaconf reports without the key), becomes a
+    ConfigError naming the key, the source and what is allowed."""
     try:
         return OmegaConf.merge(cfg, data)
-    except TypeError as exc:
+    except (TypeError, ValidationError) as exc:
+        if isinstance(exc, ValidationError) and getattr(exc, "full_key", None):
+            raise  # omegaconf named the key: _omegaconf_message words it
         found = _kind_mismatch(OmegaConf.to_container(cfg, resolve=False),
                                OmegaConf.to_container(data, resolve=False), "")
         if found is None:
-            raise ConfigError(f"bad config in {source}: {exc}") from None
+            raise ConfigError(f"bad config in {source}: {str(exc).splitlines()[0]}") from None
         key, want, got = found
-        raise ConfigError(f"bad value for config key '{key}' in {source}: a {got}; allowed: a {want}") from None
+        allowed = _describe(_field_type(key), key) or f"a {want}"
+        raise ConfigError(f"bad value for config key '{key}' in {source}: a {got}; allowed: {allowed}") from None
 
 
 def _kind_mismatch(have: Any, new: Any, prefix: str) -> Optional[Tuple[str, str, str]]:
-    """The first key (dotted) where `new` holds a list and `have` a mapping or the other way round,
-    with what the config expects and what was given; None if there is none."""
+    """The first key (dotted) where `new` holds something other than a mapping and `have` a
+    mapping, or a mapping where `have` holds a list, with what the config expects and what was
+    given; None if there is none."""
     if not (isinstance(have, dict) and isinstance(new, dict)):
         return None
     kinds = {dict: "mapping", list: "list"}
@@ -328,8 +410,8 @@ def _kind_mismatch(have: Any, new: Any, prefix: str) -> Optional[Tuple[str, str,
         if key not in have:
             continue
         full = f"{prefix}{key}"
-        want, got = kinds.get(type(have[key])), kinds.get(type(value))
-        if want and got and want != got:
+        want, got = kinds.get(type(have[key])), kinds.get(type(value), "single value")
+        if want and want != got and (want == "mapping" or got == "mapping"):
             return full, want, got
         found = _kind_mismatch(have[key], value, full + ".")
         if found:
