@@ -186,7 +186,9 @@ def test_output_folder_that_cannot_be_written(tiny_overrides, tmp_path, capsys):
     blocker.write_text("not a folder")
     args = [o for o in tiny_overrides if not o.startswith("output.dir")]
     assert main(["x", *args, f"output.dir={blocker / 'runs'}"]) == 2
-    _one_error(capsys, "cannot create output folder .*a-file/runs")
+    _one_error(capsys, "cannot create output folder .*a-file/runs: .*a-file exists and is not a folder")
+    assert main(["x", *args, f"output.dir={blocker}"]) == 2  # the file itself as the folder
+    _one_error(capsys, "cannot create output folder .*a-file: .*a-file exists and is not a folder")
     assert blocker.read_text() == "not a folder"
 
 

@@ -63,9 +63,21 @@ def slugify(text: str, limit: int = 40) -> str:
     return slug[:limit].rstrip("-") or "run"
 
 
+def _file_in_the_way(root: Path) -> Optional[Path]:
+    """`root` or the nearest of its parents that exists as something other than a folder, if any."""
+    for path in (root, *root.parents):
+        if path.exists() or path.is_symlink():
+            return None if path.is_dir() else path
+    return None
+
+
 def check_output_dir(root: str | Path) -> None:
     """Create `root` if needed and prove a file can be written in it; raise OutputError if not."""
     root = Path(root)
+    blocker = _file_in_the_way(root)
+    if blocker is not None:
+        raise OutputError(f"cannot create output folder {root}: {blocker} exists and is not a folder; "
+                          "allowed: an output.dir that is a folder or can be made one")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
