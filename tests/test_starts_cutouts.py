@@ -1,4 +1,5 @@
-"""Method options: starting images (`init`), cutout sizes (`cutouts.min_size`), whole views (`cutouts.whole`)."""
+"""Method options: starting images (`init`), cutout sizes (`cutouts.min_size`), whole views (`cutouts.whole`),
+wrapped views (`cutouts.roll`)."""
 import math
 
 import pytest
@@ -6,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from vqclip import generate, load_config, load_models
-from vqclip.cutouts import (add_noise, gaussian_blur, make_cutouts, sample_boxes, scheduled_blur, scheduled_sigma,
-                            spread_sigma)
+from vqclip.cutouts import (add_noise, cutout_boxes, gaussian_blur, make_cutouts, sample_boxes, scheduled_blur,
+                            scheduled_sigma, spread_sigma)
 from vqclip.errors import ConfigError
 from vqclip.generate import cosine_lr, initial_latent
 from vqclip.starts import flat_image, smooth_image, start_image
@@ -87,6 +88,41 @@ def test_whole_share_is_whole_views():
         assert not torch.allclose(cuts[4 * i + 2], whole[i], atol=1e-3)
 
 
+def test_rolled_cutouts_are_views_of_the_circularly_shifted_image():
+    """A box shifted across an edge reads the image as wrapping around: the cutout equals the crop
+    of the image rolled so that the box starts at 0, 0, and the gradient wraps back the same way."""
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 40, 48, requires_grad=True)
+    boxes = sample_boxes(200, 48, 40, 16, 1.0, roll=0.25)
+    x0, y0, side = boxes.long().unbind(-1)
+    assert int(x0.min()) < 0 and int((x0 + side).max()) > 48  # boxes cross the left and right edges
+    assert int(y0.min()) >= -10 and int((y0 + side).max()) <= 50  # and by at most floor(0.25 * side) pixels
+    torch.manual_seed(1)
+    cuts = make_cutouts(image, cutn=12, cut_size=16, min_size=0.5, roll=0.25)
+    torch.manual_seed(1)
+    (x0, y0, side), = [b.long().unbind(-1) for b in cutout_boxes(image, 12, 16, 1.0, 0.5, 0.0, 0.25)]
+    crossing = 0
+    for k in range(12):
+        x, y, s = int(x0[k]), int(y0[k]), int(side[k])
+        crossing += not (0 <= x <= 48 - s and 0 <= y <= 40 - s)
+        crop = torch.roll(image, (-y, -x), (2, 3))[:, :, :s, :s]
+        expected = F.interpolate(crop, size=(16, 16), mode="bicubic", antialias=s > 16, align_corners=False)
+        torch.testing.assert_close(cuts[k:k + 1], expected, atol=1e-5, rtol=0)
+    assert crossing > 0
+    weights = torch.rand_like(cuts)
+    grad, = torch.autograd.grad((cuts * weights).sum(), image)
+    assert torch.isfinite(grad).all() and grad[..., 0].abs().sum() > 0 and grad[..., -1].abs().sum() > 0
+
+
+def test_no_roll_draws_nothing_more():
+    """roll=0 leaves the boxes, and so every earlier run's cutouts, exactly as they were."""
+    torch.manual_seed(5)
+    plain = sample_boxes(50, 64, 64, 16, 1.0, min_size=0.5)
+    torch.manual_seed(5)
+    assert torch.equal(plain, sample_boxes(50, 64, 64, 16, 1.0, min_size=0.5, roll=0.0))
+    assert int(plain[:, :2].min()) >= 0 and int((plain[:, :2] + plain[:, 2:]).max()) <= 64
+
+
 @pytest.mark.parametrize("override, words", [
     ("init=noise", "'init'.*random, flat, smooth"),
     ("init_color=red", "'init_color'.*#rrggbb"),
@@ -94,6 +130,7 @@ def test_whole_share_is_whole_views():
     ("init_amount=1.5", "'init_amount'.*\\[0, 1\\]"),
     ("cutouts.min_size=1.5", "'cutouts.min_size'.*\\[0, 1\\]"),
     ("cutouts.whole=-0.1", "'cutouts.whole'.*\\[0, 1\\]"),
+    ("cutouts.roll=0.75", "'cutouts.roll'.*\\[0, 0.5\\]"),
     ("cutouts.blur=-1", "'cutouts.blur'.*>= 0"),
     ("cutouts.blur_steps=2", "'cutouts.blur_steps'.*\\[0, 1\\]"),
     ("cutouts.sigma=-0.5", "'cutouts.sigma'.*>= 0"),

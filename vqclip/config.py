@@ -107,6 +107,10 @@ class CutoutsConfig:
                             "(0: CLIP's input size)", default=0.0)
     # A share of the cutouts shows the whole composition (the largest centred square).
     whole: float = _help("share of cutouts that show the whole image (largest centred square), 0..1", default=0.0)
+    # Wrapped views: each cutout's box shifted by up to this fraction of the image side and read as if the
+    # image wrapped around at its edges (a circular shift), so what runs off one edge shows up across the other.
+    roll: float = _help("largest shift of each cutout as a fraction of the image side, 0..0.5, the image read "
+                        "as wrapping around at its edges (0: off)", default=0.0)
     # Coarse to fine: CLIP sees the image blurred, the blur shrinking linearly to none.
     blur: float = _help("std in pixels of a Gaussian blur of the image CLIP sees at step 0 (0: off)", default=0.0)
     blur_steps: float = _help("fraction of the steps over which that blur shrinks to none, 0..1", default=0.5)
@@ -528,6 +532,7 @@ def validate(cfg: GenerateConfig) -> None:
     _check(cfg.cutouts.noise >= 0, "cutouts.noise", "a number >= 0", cfg.cutouts.noise)
     _check(0 <= cfg.cutouts.min_size <= 1, "cutouts.min_size", "a number in [0, 1]", cfg.cutouts.min_size)
     _check(0 <= cfg.cutouts.whole <= 1, "cutouts.whole", "a number in [0, 1]", cfg.cutouts.whole)
+    _check(0 <= cfg.cutouts.roll <= 0.5, "cutouts.roll", "a number in [0, 0.5]", cfg.cutouts.roll)
     _check(cfg.cutouts.blur >= 0, "cutouts.blur", "a number >= 0", cfg.cutouts.blur)
     _check(0 <= cfg.cutouts.blur_steps <= 1, "cutouts.blur_steps", "a number in [0, 1]", cfg.cutouts.blur_steps)
     _check(cfg.cutouts.sigma >= 0, "cutouts.sigma", "a number >= 0", cfg.cutouts.sigma)

@@ -26,11 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 def sample_boxes(n: int, width: int, height: int, cut_size: int, cut_pow: float,
-                 device: torch.device | str = "cpu", min_size: float = 0.0, whole: float = 0.0) -> torch.Tensor:
+                 device: torch.device | str = "cpu", min_size: float = 0.0, whole: float = 0.0,
+                 roll: float = 0.0) -> torch.Tensor:
     """Random square boxes [n, 3] as (x0, y0, side) in pixels, sides following `cut_pow`.
 
     Sides lie in [max(min(cut_size, S), min_size * S), S] for S the shorter image side; the first
     round(whole * n) boxes are the largest centred square (the whole image when it is square).
+    `roll` (0..0.5) then shifts every box, whole ones included, by a whole number of pixels drawn
+    uniformly up to that fraction of each side: such a box may cross an edge of the image, which
+    the cutouts read as wrapping around (the view of a circularly shifted image).
     """
     max_side = min(width, height)
     min_side = max(min(max_side, cut_size), math.ceil(min_size * max_side))
@@ -43,17 +47,21 @@ def sample_boxes(n: int, width: int, height: int, cut_size: int, cut_pow: float,
         side[:n_whole] = max_side
         x0[:n_whole] = (width - max_side) // 2
         y0[:n_whole] = (height - max_side) // 2
+    if roll:
+        rx, ry = math.floor(roll * width), math.floor(roll * height)
+        x0 = x0 - torch.randint(-rx, rx + 1, (n,), device=device)
+        y0 = y0 - torch.randint(-ry, ry + 1, (n,), device=device)
     return torch.stack([x0, y0, side], dim=1)
 
 
 def cutout_boxes(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0,
-                 min_size: float = 0.0, whole: float = 0.0) -> torch.Tensor:
+                 min_size: float = 0.0, whole: float = 0.0, roll: float = 0.0) -> torch.Tensor:
     """Boxes [B, cutn, 3] for the images [B, C, H, W], as `sample_boxes` draws them, per image."""
     b, _, h, w = images.shape
     if whole:  # the whole views come first in each image's cutouts
-        return torch.stack([sample_boxes(cutn, w, h, cut_size, cut_pow, images.device, min_size, whole)
+        return torch.stack([sample_boxes(cutn, w, h, cut_size, cut_pow, images.device, min_size, whole, roll)
                             for _ in range(b)])
-    return sample_boxes(b * cutn, w, h, cut_size, cut_pow, images.device, min_size).view(b, cutn, 3)
+    return sample_boxes(b * cutn, w, h, cut_size, cut_pow, images.device, min_size, roll=roll).view(b, cutn, 3)
 
 
 def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -64,51 +72,65 @@ def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-def resample_weights(start: torch.Tensor, side: torch.Tensor, out: int, size: int) -> torch.Tensor:
+def resample_weights(start: torch.Tensor, side: torch.Tensor, out: int, size: int,
+                     wrap: bool = False) -> torch.Tensor:
     """Interpolation matrices [..., out, size] for crops [start, start + side) of an axis of `size`
     pixels resampled to `out` pixels: the bicubic kernel stretched by the downscale (antialiased),
     each row normalised to sum 1 inside the crop. For a crop at least `out` pixels long, row i of
     `resample_weights(...) @ x` equals `F.interpolate(crop, mode="bicubic", antialias=True,
-    align_corners=False)` along that axis, which is what the notebooks' per-cutout loop computes."""
+    align_corners=False)` along that axis, which is what the notebooks' per-cutout loop computes.
+
+    With `wrap`, a crop may run past either end (start in [-size, size], start + side <= 2 * size)
+    and pixel j stands for pixel j mod size: the same crop of the axis rolled circularly."""
     start, side = start.float(), side.float()
     scale = side / out
     stretch = scale.clamp(min=1.0)
     centre = start[..., None] + (torch.arange(out, device=start.device) + 0.5) * scale[..., None]  # [..., out]
-    j = torch.arange(size, device=start.device) + 0.5  # input pixel centres
+    lo, hi = (-size, 2 * size) if wrap else (0, size)
+    j = torch.arange(lo, hi, device=start.device) + 0.5  # input pixel centres (three copies of the axis when wrapping)
     w = _cubic((j - centre[..., None]) / stretch[..., None, None])
     inside = (j >= start[..., None, None]) & (j < (start + side)[..., None, None])
     w = w * inside
-    return w / w.sum(-1, keepdim=True)
+    w = w / w.sum(-1, keepdim=True)
+    if wrap:  # fold the copies before and after the axis back onto it
+        w = w.unflatten(-1, (3, size)).sum(-2)
+    return w
 
 
 def make_cutouts(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0,
-                 min_size: float = 0.0, whole: float = 0.0) -> torch.Tensor:
+                 min_size: float = 0.0, whole: float = 0.0, roll: float = 0.0) -> torch.Tensor:
     """Images [B, C, H, W] -> cutouts [B * cutn, C, cut_size, cut_size], image-major order.
 
     Every cutout of every image in two batched matrix products, `Wy @ image @ Wx^T`, with the
     antialiased interpolation matrices of `resample_weights` (so backward is two matrix products
-    too). `min_size` and `whole` are as in `sample_boxes`, per image (the first round(whole * cutn)
-    cutouts of each image are whole views).
+    too). `min_size`, `whole` and `roll` are as in `sample_boxes`, per image (the first
+    round(whole * cutn) cutouts of each image are whole views; with `roll`, views wrap around the
+    image's edges).
     """
     b, c, h, w = images.shape
-    boxes = cutout_boxes(images, cutn, cut_size, cut_pow, min_size, whole)
+    boxes = cutout_boxes(images, cutn, cut_size, cut_pow, min_size, whole, roll)
     x0, y0, side = boxes.unbind(-1)  # [b, cutn]
-    wy = resample_weights(y0, side, cut_size, h).to(images.dtype)  # [b, cutn, S, H]
-    wx = resample_weights(x0, side, cut_size, w).to(images.dtype)  # [b, cutn, S, W]
+    wrap = roll > 0
+    wy = resample_weights(y0, side, cut_size, h, wrap).to(images.dtype)  # [b, cutn, S, H]
+    wx = resample_weights(x0, side, cut_size, w, wrap).to(images.dtype)  # [b, cutn, S, W]
     rows = torch.matmul(wy.unsqueeze(2), images.unsqueeze(1))  # [b, cutn, C, S, W]
     out = torch.matmul(rows, wx.unsqueeze(2).transpose(-1, -2))  # [b, cutn, C, S, S]
     return out.reshape(b * cutn, c, cut_size, cut_size)
 
 
 def make_cutouts_loop(images: torch.Tensor, cutn: int, cut_size: int, cut_pow: float = 1.0,
-                      min_size: float = 0.0, whole: float = 0.0) -> torch.Tensor:
+                      min_size: float = 0.0, whole: float = 0.0, roll: float = 0.0) -> torch.Tensor:
     """The original notebooks' way (`cutouts.batched=false`): a Python loop, one crop and one
     antialiased bicubic resample per cutout. Same boxes and output layout as `make_cutouts`."""
-    boxes = cutout_boxes(images, cutn, cut_size, cut_pow, min_size, whole).long().tolist()
+    boxes = cutout_boxes(images, cutn, cut_size, cut_pow, min_size, whole, roll).long().tolist()
+    h, w = images.shape[-2:]
     cuts = []
     for i in range(images.shape[0]):
         for x0, y0, side in boxes[i]:
-            crop = images[i:i + 1, :, y0:y0 + side, x0:x0 + side]
+            if 0 <= x0 and x0 + side <= w and 0 <= y0 and y0 + side <= h:
+                crop = images[i:i + 1, :, y0:y0 + side, x0:x0 + side]
+            else:  # a box across an edge (`roll`): the crop of the image rolled to put the box at 0, 0
+                crop = torch.roll(images[i:i + 1], (-y0, -x0), (2, 3))[:, :, :side, :side]
             cuts.append(F.interpolate(crop, size=(cut_size, cut_size), mode="bicubic", align_corners=False,
                                       antialias=side > cut_size))
     return torch.cat(cuts)

@@ -161,7 +161,7 @@ def embed_cutouts(clip: ClipModel, augment: torch.nn.Module, images: torch.Tenso
     cut = make_cutouts if cfg.cutouts.batched else make_cutouts_loop
     with timer("cutouts"):
         cuts = add_noise(augment(cut(images, cfg.cutouts.cutn, clip.input_size, cfg.cutouts.cut_pow,
-                                     cfg.cutouts.min_size, cfg.cutouts.whole)), noise)
+                                     cfg.cutouts.min_size, cfg.cutouts.whole, cfg.cutouts.roll)), noise)
     with timer("clip"), autocast(images.device, resolve_precision(cfg.precision, images.device)):
         embeds = clip.encode_image(cuts)
     return embeds.float().view(images.shape[0], cfg.cutouts.cutn, -1)

@@ -94,7 +94,7 @@ class GeneratorRuns:
                                      cut.sigma_spread, cut.cutn) for a in self.age]
                 sigma = torch.cat([s if torch.is_tensor(s) else torch.full((cut.cutn, 1, 1, 1), s) for s in stds])
             cuts = self.augment(make_cutouts(image, cut.cutn, self.input_size, cut.cut_pow, cut.min_size,
-                                             cut.whole))
+                                             cut.whole, cut.roll))
             if cut.sigma > 0:
                 cuts = add_noise(cuts, sigma)
             with autocast(image.device, self.dtype):
