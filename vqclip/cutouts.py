@@ -15,6 +15,10 @@ only large regions of colour change what CLIP sees, so the composition forms bef
 for a CLIP trained on noised images, the gradient at a noised view points towards the clean images
 of the caption, which is what pulls a texture into a scene. `spread_sigma` gives each cutout its own
 std between the step's and a higher one, so that late in the run some views still see the whole scene.
+
+With `roll`, each cutout's box is shifted and may cross an edge of the image, which it reads as
+wrapping around (a view of the circularly shifted image): a shape with a margin stays whole in
+every such view, one that runs off an edge shows up split across the opposite one.
 """
 from __future__ import annotations
 
