@@ -111,16 +111,16 @@ def test_checkpointing_and_channels_last_keep_values_and_gradients(tiny_override
     torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("whole", [0.0, 0.5])
-def test_cutout_loop_and_the_batched_call_give_the_same_cutouts(whole):
+@pytest.mark.parametrize("whole, roll", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.25), (0.5, 0.25)])
+def test_cutout_loop_and_the_batched_call_give_the_same_cutouts(whole, roll):
     """The notebooks' per-cutout resample and the two batched matrix products take the same boxes
-    and compute the same antialiased bicubic cutouts, values and gradients."""
+    and compute the same antialiased bicubic cutouts, values and gradients, wrapped views included."""
     torch.manual_seed(0)
     image = torch.rand(2, 3, 96, 128, requires_grad=True)
     torch.manual_seed(3)
-    batched = make_cutouts(image, 6, 24, 1.0, whole=whole)
+    batched = make_cutouts(image, 6, 24, 1.0, whole=whole, roll=roll)
     torch.manual_seed(3)
-    loop = make_cutouts_loop(image, 6, 24, 1.0, whole=whole)
+    loop = make_cutouts_loop(image, 6, 24, 1.0, whole=whole, roll=roll)
     assert batched.shape == loop.shape == (12, 3, 24, 24)
     torch.testing.assert_close(batched, loop, atol=1e-5, rtol=0)
     weights = torch.rand_like(loop)
