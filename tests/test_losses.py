@@ -9,7 +9,7 @@ from vqclip import load_config, load_models
 from vqclip.config import from_yaml_text, to_yaml
 from vqclip.errors import ConfigError
 from vqclip.generate import Models, Run, generate
-from vqclip.losses import (image_loss_terms, palette, palette_tensor, parse_color, saturation, symmetry,
+from vqclip.losses import (frame, image_loss_terms, palette, palette_tensor, parse_color, saturation, symmetry,
                            total_variation)
 
 SECOND_CLIP = {"embed_dim": 24,
@@ -80,10 +80,11 @@ def test_weighted_terms_off_by_default():
     image = torch.rand(1, 3, 8, 8)
     assert image_loss_terms(image, cfg.losses) == []
     cfg = load_config([], ["losses.tv=2", "losses.symmetry=3", "losses.saturation=4", "losses.saturation_target=0.2",
-                           "losses.palette=5", 'losses.palette_colors=["#ff0000"]'])
+                           "losses.palette=5", 'losses.palette_colors=["#ff0000"]', "losses.frame=6",
+                           "losses.frame_width=0.25"])
     terms = image_loss_terms(image, cfg.losses)
     expected = [2 * total_variation(image), 3 * symmetry(image), 4 * saturation(image, 0.2),
-                5 * palette(image, palette_tensor(["#ff0000"]))]
+                5 * palette(image, palette_tensor(["#ff0000"])), 6 * frame(image, 0.25)]
     for got, want in zip(terms, expected, strict=True):
         torch.testing.assert_close(got, want)
 
@@ -93,6 +94,11 @@ def test_weighted_terms_off_by_default():
     ("losses.palette=1", "losses.palette_colors"),
     ("losses.palette_colors=[red]", r"'losses.palette_colors\[0\]'.*hex"),
     ("losses.saturation_target=1.5", "saturation_target"),
+    ("losses.frame=-1", r"'losses.frame'.*>= 0"),
+    ("losses.tones=-0.5", r"'losses.tones'.*>= 0"),
+    ("losses.latent_tv=-2", r"'losses.latent_tv'.*>= 0"),
+    ("losses.frame_width=0", r"'losses.frame_width'.*\(0, 0.5\]"),
+    ("losses.frame_width=0.6", r"'losses.frame_width'.*\(0, 0.5\]"),
     ("clip.weight=0", "'clip.weight'.*clip.extra"),
     ("clip.extra=[{model: ViT-B-32, weight: 0}]", r"'clip.extra\[0\].weight'"),
     ("clip.extra=[{weight: 1}]", r"'clip.extra\[0\].model'"),
@@ -101,6 +107,27 @@ def test_weighted_terms_off_by_default():
 def test_bad_loss_and_ensemble_keys(override, words):
     with pytest.raises(ConfigError, match=words):
         load_config([], [override])
+
+
+def test_frame_reads_only_the_outer_band():
+    image = torch.full((2, 3, 16, 16), 0.2)
+    image[:, 0, 4:12, 4:12] = 1.0  # a red square clear of the 1-pixel band (16 * 0.0625)
+    assert torch.equal(frame(image, 0.0625), torch.zeros(2))
+    image[1, 0, 0:4, 4:12] = 1.0  # the second one's square now runs into the top edge: 8 of the 60 band pixels
+    share = 8 / 60  # every band pixel's squared distance to the band's mean red, averaged
+    torch.testing.assert_close(frame(image, 0.0625), torch.tensor([0.0, share * (1 - share) * 0.8 ** 2]))
+    assert frame(image, 0.3)[0] > 0  # 5 pixels deep: the rim of the first square is in the band too
+
+
+def test_frame_gradient_touches_the_band_alone():
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    frame(x, 0.125).sum().backward()  # a 2-pixel band
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[2:14, 2:14] = True
+    assert x.grad[..., inside].abs().sum() == 0
+    assert (x.grad[..., ~inside].abs().sum(0) > 0).all()
+    whole = torch.rand(1, 3, 4, 4, requires_grad=True)
+    torch.testing.assert_close(frame(whole, 0.5), (whole - whole.mean((2, 3), keepdim=True)).pow(2).sum(1).mean((1, 2)))
 
 
 # --- in the loop -----------------------------------------------------------------------------------

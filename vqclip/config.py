@@ -210,6 +210,9 @@ class LossesConfig:
     tones: float = _help("weight of the distance of every pixel to the nearest of the image's own tones_k "
                          "dominant colours (few flat colours)", default=0.0)
     tones_k: int = _help("how many dominant colours the tones loss allows", default=2)
+    frame: float = _help("weight of the colour variance of the image's outer band (frame_width deep): one flat "
+                         "colour around the edges keeps the subject inside the picture", default=0.0)
+    frame_width: float = _help("the frame loss's band, as a fraction of the shorter side, in (0, 0.5]", default=0.0625)
 
 
 @dataclass

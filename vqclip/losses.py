@@ -7,7 +7,9 @@ Every loss is a pure function `image [B, 3, H, W] in [0, 1] -> [B]`, zero at its
 - `saturation`: squared distance of the mean HSV saturation to a target in [0, 1];
 - `palette`: mean squared distance of every pixel to its nearest palette colour;
 - `tones`: mean squared distance of every pixel to the nearest of the image's own k dominant colours
-  (a few k-means steps, the colours held fixed): few flat colours instead of many.
+  (a few k-means steps, the colours held fixed): few flat colours instead of many;
+- `frame`: mean squared distance of the pixels in the image's outer band to the band's mean colour
+  (0 for a frame of one flat colour): a subject kept clear of the edges, on a plain background.
 
 `image_loss_terms` turns the `losses` config section into weighted terms for `Run.loss_terms`.
 """
@@ -84,6 +86,19 @@ def palette_distance(image: torch.Tensor, colors: torch.Tensor) -> torch.Tensor:
     return d.min(dim=2).values.mean(1)
 
 
+def frame(image: torch.Tensor, width: float) -> torch.Tensor:
+    """Mean over the outer band of pixels (`width` of the shorter side deep, at least one pixel) of the
+    squared RGB distance to the band's mean colour, per image: 0 when the frame is one flat colour."""
+    h, w = image.shape[-2:]
+    b = max(1, round(width * min(h, w)))
+    if 2 * b >= min(h, w):  # the band covers the whole image
+        band = image.flatten(2)
+    else:
+        band = torch.cat([image[..., :b, :].flatten(2), image[..., -b:, :].flatten(2),
+                          image[..., b:-b, :b].flatten(2), image[..., b:-b, -b:].flatten(2)], dim=2)  # [B, 3, N]
+    return (band - band.mean(2, keepdim=True)).pow(2).sum(1).mean(1)
+
+
 def parse_color(spec: str, key: str = "color") -> tuple[float, float, float]:
     """"#rrggbb" -> (r, g, b) in [0, 1]; ConfigError naming `key` otherwise."""
     m = _HEX.match(str(spec).strip())
@@ -112,4 +127,6 @@ def image_loss_terms(image: torch.Tensor, cfg: "LossesConfig") -> List[torch.Ten
         terms.append(cfg.palette * palette(image, palette_tensor(cfg.palette_colors)))
     if cfg.tones:
         terms.append(cfg.tones * tones(image, cfg.tones_k))
+    if cfg.frame:
+        terms.append(cfg.frame * frame(image, cfg.frame_width))
     return terms

@@ -74,9 +74,10 @@ def _check_losses(cfg: "GenerateConfig") -> None:
     from vqclip.losses import parse_color
 
     s = cfg.losses
-    for key in ("tv", "symmetry", "saturation", "palette"):
+    for key in ("tv", "latent_tv", "symmetry", "saturation", "palette", "tones", "frame"):
         _check(getattr(s, key) >= 0, f"losses.{key}", "a number >= 0 (0: off)", getattr(s, key))
     _check(0.0 <= s.saturation_target <= 1.0, "losses.saturation_target", "a number in [0, 1]", s.saturation_target)
+    _check(0.0 < s.frame_width <= 0.5, "losses.frame_width", "a number in (0, 0.5]", s.frame_width)
     for i, color in enumerate(s.palette_colors):
         parse_color(color, f"losses.palette_colors[{i}]")
     if s.palette and not s.palette_colors:
