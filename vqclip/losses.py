@@ -91,11 +91,9 @@ def frame(image: torch.Tensor, width: float) -> torch.Tensor:
     squared RGB distance to the band's mean colour, per image: 0 when the frame is one flat colour."""
     h, w = image.shape[-2:]
     b = max(1, round(width * min(h, w)))
-    if 2 * b >= min(h, w):  # the band covers the whole image
-        band = image.flatten(2)
-    else:
-        band = torch.cat([image[..., :b, :].flatten(2), image[..., -b:, :].flatten(2),
-                          image[..., b:-b, :b].flatten(2), image[..., b:-b, -b:].flatten(2)], dim=2)  # [B, 3, N]
+    inside = torch.zeros(h, w, dtype=torch.bool, device=image.device)
+    inside[b:h - b, b:w - b] = True  # empty when the band covers the whole image
+    band = image[..., ~inside]  # [B, 3, N]
     return (band - band.mean(2, keepdim=True)).pow(2).sum(1).mean(1)
 
 
