@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -123,6 +124,34 @@ def set_attention(module: nn.Module, attention: str) -> int:
     return len(blocks)
 
 
+def _fused_resnet_forward(self, x: torch.Tensor, temb: Any) -> torch.Tensor:
+    """taming's ResnetBlock.forward with the same weights, its swish (`x * sigmoid(x)`) as one
+    `F.silu`: the same function in one kernel, with a one-kernel backward (three kernels each way
+    before; the swish was a tenth of a decoder step on the CPU)."""
+    h = self.conv1(F.silu(self.norm1(x)))
+    if temb is not None:
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+    h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+    if self.in_channels != self.out_channels:
+        x = self.conv_shortcut(x) if self.use_conv_shortcut else self.nin_shortcut(x)
+    return x + h
+
+
+def set_fused_swish(module: nn.Module, fused: bool = True) -> int:
+    """Run every taming ResnetBlock inside `module` with its swish as one fused `F.silu` (fused) or
+    through taming's own code; the weights and the function are untouched. Returns how many blocks
+    there are."""
+    from taming.modules.diffusionmodules.model import ResnetBlock
+
+    blocks = [m for m in module.modules() if isinstance(m, ResnetBlock)]
+    for block in blocks:
+        if fused:
+            block.forward = _fused_resnet_forward.__get__(block, ResnetBlock)
+        else:
+            block.__dict__.pop("forward", None)  # back to the class's own forward
+    return len(blocks)
+
+
 def read_model_config(path: str | Path) -> Dict[str, Any]:
     """Read and check a taming model YAML; return {"target": ..., "params": {...}}."""
     path = Path(path)
@@ -176,7 +205,8 @@ def load_vqgan(config_path: str | Path, checkpoint_path: str | Path, *, with_enc
 
     The encoder is only built and loaded when `with_encoder` is set (init images need it).
     `attention="sdpa"` runs the attention blocks through scaled_dot_product_attention (same
-    weights, same result up to rounding); "taming" keeps taming's own bmm + softmax.
+    weights, same result up to rounding); "taming" keeps taming's own bmm + softmax. The residual
+    blocks' swish runs as one fused `F.silu` (`set_fused_swish`; same function, fewer kernels).
     Keys outside the modules used (`loss.*`, the encoder when not needed) are ignored; a missing or
     misshapen key in a used module is an error naming it.
     """
@@ -200,6 +230,7 @@ def load_vqgan(config_path: str | Path, checkpoint_path: str | Path, *, with_enc
                                   f"shape {tuple(v.shape)}, the config needs {tuple(expected[k].shape)}")
     model.load_state_dict({k: v.float() for k, v in used.items()}, strict=True)
     log.debug("attention through %s in %d blocks", attention, set_attention(model, attention))
+    log.debug("fused swish in %d residual blocks", set_fused_swish(model))
     log.info("loaded VQGAN %s (%s, f%d, %d codes)", checkpoint_path, spec["target"].rsplit(".", 1)[1],
              model.factor, model.n_embed)
     return model.eval().requires_grad_(False).to(device)
