@@ -152,6 +152,7 @@ def test_benchmark_harness_measures_both_paths(tmp_path):
     base, fast = rows[0]["settings"], rows[1]["settings"]
     assert (base["attention"], base["cutouts_batched"], base["precision"]) == ("taming", False, "float32")
     assert (fast["attention"], fast["cutouts_batched"]) == ("sdpa", True)
+    assert (base["swish"], fast["swish"]) == ("taming", "fused")  # the notebooks' x * sigmoid(x), then F.silu
     assert [(r["size"], r["batch"]) for r in report["ratios"]] == [(64, 1), (64, 2)]
     assert all(r["speedup"] > 0 for r in report["ratios"])
     json.dumps(report)

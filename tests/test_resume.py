@@ -150,6 +150,20 @@ def test_a_race_interrupted_during_or_after_it_resumes_to_the_same_png(tiny_over
         assert _sha(done.run_dir / name) == _sha(whole.run_dir / name)
 
 
+@pytest.mark.parametrize("stop_at, copies", [(1, 4), (2, 2), (5, 1)])  # cuts at steps 2 (to 2) and 4 (to 1)
+def test_a_halving_race_interrupted_between_its_cuts_resumes_to_the_same_png(tiny_overrides, stop_at, copies):
+    args = tiny_overrides + ["steps=8", "race=4", "race_halving=true", "race_steps=0.5", "batch_size=2"]
+    whole = generate(load_config([], args, prompts=["x"]), progress=False)
+    cut = generate(load_config([], args, prompts=["x"]), progress=False, callbacks=[_interrupt_at(stop_at)])
+    assert cut.interrupted and len(cut.images) == 2
+    saved = load_state(cut.run_dir)
+    assert saved["z"].shape[0] == 2 * copies  # the copies still in the race when it stopped
+    done = resume(cut.run_dir, progress=False)
+    assert done.losses == whole.losses
+    for name in ("image-0.png", "image-1.png"):
+        assert _sha(done.run_dir / name) == _sha(whole.run_dir / name)
+
+
 def test_a_finished_run_whose_race_outlasted_it_can_be_extended(tiny_overrides):
     args = tiny_overrides + ["steps=1", "race=3", "race_steps=0.5", "batch_size=2"]
     short = generate(load_config([], args, prompts=["x"]), progress=False)

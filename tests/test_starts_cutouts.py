@@ -381,6 +381,59 @@ def test_race_runs_every_copy_then_keeps_each_images_lowest_scoring_one(tiny_ove
     assert len(result.images) == 2 and result.z.shape[0] == 2
 
 
+@pytest.mark.parametrize("race, halving, steps, race_steps, cuts", [
+    (1, True, 100, 0.25, []),
+    (4, False, 100, 0.25, [(25, 1)]),
+    (2, True, 100, 0.25, [(25, 1)]),  # one round: the same race as without halving
+    (4, True, 100, 0.25, [(12, 2), (25, 1)]),
+    (5, True, 100, 0.25, [(8, 3), (17, 2), (25, 1)]),  # halves rounded up
+    (8, True, 90, 0.5, [(15, 4), (30, 2), (45, 1)]),
+    (4, True, 2, 0.25, [(1, 2), (1, 1)]),  # a race of one step: both cuts at it
+])
+def test_race_cuts_halve_the_copies_in_equal_shares_of_the_race(race, halving, steps, race_steps, cuts):
+    from vqclip.config import race_cuts
+
+    cfg = load_config([], [f"race={race}", f"race_halving={str(halving).lower()}", f"steps={steps}",
+                           f"race_steps={race_steps}"])
+    assert race_cuts(cfg) == cuts
+
+
+def test_a_halving_race_keeps_each_images_better_half_then_its_best_copy(tiny_overrides):
+    import importlib
+
+    gen_module = importlib.import_module("vqclip.generate")
+    cfg = load_config([], tiny_overrides + ["steps=8", "race=4", "race_halving=true", "race_steps=0.5",
+                                            "batch_prompts=[a red car,a blue boat]"])
+    models = load_models(cfg)
+    run = gen_module.Run(cfg, models, torch.device("cpu"))
+    assert run.z.shape[0] == 8 and run.cuts == [(2, 2), (4, 1)]
+    for _ in range(2):
+        run.step()
+    copies = run.z.detach().clone()
+    moments = {k: v.clone() for k, v in run.opt.state_dict()["state"][0].items()}
+    run.cut_race(2)  # what step 2 does first
+    scores = run.race_scores
+    assert scores.shape == (4, 2) and run.racing and run.copies == 2 and run.z.shape[0] == 4
+    assert run.cuts == [(4, 1)]
+    assert [t.name for t in sorted(run.targets, key=lambda t: t.image)] == ["a red car", "a blue boat"] * 2
+    state = run.opt.state_dict()["state"][0]
+    for i in range(2):
+        best = scores[:, i].argsort()[:2].tolist()  # this image's two lowest-scoring copies, best first
+        for j, k in enumerate(best):  # copy j of image i now sits at row j * 2 + i, with its own moments
+            assert torch.equal(run.z.detach()[j * 2 + i], copies[k * 2 + i])
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(state[key][j * 2 + i], moments[key][k * 2 + i])
+    assert any(scores[:, i].argsort()[:2].tolist() != [0, 1] for i in range(2))  # the cut reorders copies
+    info = run.step()
+    assert info["image"].shape[0] == 2 and run.copies == 2  # no second cut before step 4
+    run.step()
+    run.step()  # step 4 starts with the last cut: each image's best copy of the two
+    assert run.race_scores.shape == (2, 2) and not run.racing and run.copies == 1 and run.z.shape[0] == 2
+    assert run.cuts == [] and [t.image for t in run.targets] == [0, 1]
+    result = generate(cfg, models=models, progress=False, save=False)
+    assert len(result.images) == 2 and result.z.shape[0] == 2 and len(result.losses) == 8
+
+
 @pytest.mark.parametrize("overrides, words", [
     (["race=0"], "'race'.*>= 1"),
     (["race=2", "init=flat"], "'race'.*init=random or init=smooth"),

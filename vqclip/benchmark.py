@@ -169,6 +169,7 @@ def measure(models: Any, cfg: GenerateConfig, mode: str, warmup: int = 1, iters:
     from vqclip.errors import ConfigError
     from vqclip.generate import Run, resolve_device
     from vqclip.memory import check_memory
+    from vqclip.models.vqgan import set_fused_swish
     from vqclip.perf import wants_checkpointing
 
     device = resolve_device(cfg.device)
@@ -184,7 +185,10 @@ def measure(models: Any, cfg: GenerateConfig, mode: str, warmup: int = 1, iters:
     try:
         _reset_peak(device)
         run = Run(cfg, models, device)
+        if mode == "baseline":  # the notebooks' decoder: taming's swish, x * sigmoid(x) in three kernels
+            set_fused_swish(models.vqgan, fused=False)
         m.settings = {"precision": str(run.dtype).replace("torch.", ""), "attention": cfg.attention,
+                      "swish": "fused" if _fused_swish(models) else "taming",
                       "cutouts_batched": cfg.cutouts.batched, "compile": cfg.compile,
                       "channels_last": _channels_last(models), "grad_checkpointing": _checkpointed(models)}
         for _ in range(warmup):
@@ -218,6 +222,12 @@ def measure(models: Any, cfg: GenerateConfig, mode: str, warmup: int = 1, iters:
 def _channels_last(models: Any) -> bool:
     w = next(p for p in models.vqgan.decoder.parameters() if p.dim() == 4)
     return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+def _fused_swish(models: Any) -> bool:
+    from taming.modules.diffusionmodules.model import ResnetBlock
+
+    return any(isinstance(m, ResnetBlock) and "forward" in m.__dict__ for m in models.vqgan.decoder.modules())
 
 
 def _checkpointed(models: Any) -> bool:
@@ -309,6 +319,7 @@ def markdown(report: Dict[str, Any]) -> str:
             continue
         s = r["settings"]
         flags = ", ".join([s["precision"], s["attention"], "batched cutouts" if s["cutouts_batched"] else "cutout loop"]
+                          + (["fused swish"] if s.get("swish") == "fused" else [])
                           + (["channels_last"] if s["channels_last"] else [])
                           + (["checkpointing"] if s["grad_checkpointing"] else [])
                           + (["compiled"] if s["compile"] else []))

@@ -238,6 +238,10 @@ class GenerateConfig:
                       "race_steps of the run, then keep the copy with the lowest loss (1: off)", default=1)
     race_steps: float = _help("race > 1: fraction of the steps the copies run before one is kept, 0..1 "
                               "(exclusive)", default=0.25)
+    race_halving: bool = _help("race > 2: successive halving, the race cut in rounds that each keep the "
+                               "lower-loss half of each image's copies (rounded up; 4 -> 2 -> 1), the last at "
+                               "race_steps, so later rounds run fewer copies (false: every copy to the end)",
+                               default=False)
     # Coarse to fine in the latent: early on, whole blocks of tokens move together (vqclip.blocks).
     latent_block: int = _help("for the first latent_block_steps, the latent moves in blocks of this many tokens "
                               "per side (layout before detail; 1: off)", default=1)
@@ -596,6 +600,26 @@ def race_config(cfg: GenerateConfig) -> GenerateConfig:
 def race_end(cfg: GenerateConfig) -> int:
     """The step at which a race (`race` > 1) keeps one copy per image: race_steps of the steps, at least 1."""
     return max(1, round(cfg.race_steps * cfg.steps))
+
+
+def race_cuts(cfg: GenerateConfig) -> List[Tuple[int, int]]:
+    """A race's cuts as (step, copies kept per image), in order; the last keeps one copy at `race_end`.
+
+    Without `race_halving` that is the only cut. With it (successive halving), each round keeps the
+    lower-loss half of the copies, rounded up (race 4: 2 then 1; race 5: 3, 2, 1), at equal shares
+    of the race's steps: race 4 over 25 steps cuts to 2 at step 12 (12.5 rounded to even) and to 1 at 25.
+    Cuts that round to the same step are made one after the other at that step.
+    """
+    if cfg.race <= 1:
+        return []
+    end = race_end(cfg)
+    if not cfg.race_halving:
+        return [(end, 1)]
+    kept = [cfg.race]
+    while kept[-1] > 1:
+        kept.append((kept[-1] + 1) // 2)
+    rounds = len(kept) - 1
+    return [(max(1, round(end * r / rounds)), kept[r]) for r in range(1, rounds + 1)]
 
 
 def _leaves(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:

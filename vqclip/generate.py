@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vqclip.blocks import block_mean, block_noise, block_tokens, check_block
-from vqclip.config import GenerateConfig, batch_count, race_config, race_end, validate
+from vqclip.config import GenerateConfig, batch_count, race_config, race_cuts, race_end, validate
 from vqclip.cutouts import (add_noise, build_augments, make_cutouts, make_cutouts_loop, scheduled_blur,
                             scheduled_sigma, spread_sigma)
 from vqclip.ensemble import build_guides, check_extra_clip_files, load_extra_clips
@@ -234,10 +234,13 @@ class Run:
         self.timer: Timer = no_timer  # the benchmark times each phase through this
         torch.manual_seed(config.seed)  # type: ignore[arg-type]
         self.augment = build_augments(config.cutouts.augments, models.clip.input_size, config.cutouts.noise)
-        # race > 1: until race_end, `race` copies of every image in one batch (vqclip.config.race_config)
+        # race > 1: until race_end, `race` copies of every image in one batch (vqclip.config.race_config),
+        # fewer after each cut of a race with race_halving (vqclip.config.race_cuts)
         self.racing = config.race > 1
         self.race_end = race_end(config) if self.racing else 0
-        self.race_scores: Optional[torch.Tensor] = None  # after a race: each copy's score [race, B]
+        self.copies = config.race  # copies of each image now (a race's cuts lower it to 1)
+        self.cuts = race_cuts(config)  # the cuts still to come: (step, copies kept)
+        self.race_scores: Optional[torch.Tensor] = None  # after a cut: each copy's score then [copies, B]
         self._shown: Optional[torch.Tensor] = None  # during a race: each image's leading copy at the last step
         population = race_config(config)
         self.targets = build_targets(population, models, self.augment, device)
@@ -278,21 +281,27 @@ class Run:
         self.z_start = best.clone()
         return torch.stack(scores)
 
-    @torch.no_grad()
     def end_race(self, choose: bool = True) -> None:
-        """End the race phase (`race` > 1): score every copy by its loss at this step, averaged over
-        PICK_REPEATS draws of the cutouts and their noise, and go on with each image's lowest-scoring
-        copy, its optimiser state included. `choose=False` keeps the first copies unscored (a resumed
-        run, whose latent is about to be replaced by the saved one)."""
-        b, race = batch_count(self.config), self.config.race
-        rows = torch.arange(b, device=self.z.device)
+        """End the race phase (`race` > 1): keep each image's lowest-scoring copy (`cut_race(1)`)."""
+        self.cut_race(1, choose)
+
+    @torch.no_grad()
+    def cut_race(self, keep: int, choose: bool = True) -> None:
+        """Cut a race to `keep` copies of each image: score every copy by its loss at this step,
+        averaged over PICK_REPEATS draws of the cutouts and their noise, and go on with each image's
+        `keep` lowest-scoring copies, their optimiser state included (keep 1 ends the race).
+        `choose=False` keeps the first copies unscored (a resumed run, whose latent is about to be
+        replaced by the saved one)."""
+        b, copies = batch_count(self.config), self.copies
+        order = torch.arange(copies, device=self.z.device).view(-1, 1).expand(copies, b)
         if choose:
             scores = self.mean_loss(synth(self.models.vqgan, self.z, self.dtype), PICK_REPEATS)
-            self.race_scores = scores.view(race, b)
-            copies = self.race_scores.argmin(0)
-            rows = copies * b + rows
-            log.info("race=%d: after %d steps, kept copy %s of each image (0: the first)", race, self.step_index,
-                     copies.tolist())
+            self.race_scores = scores.view(copies, b)
+            order = torch.argsort(self.race_scores, dim=0, stable=True)  # [copies, B], best first
+            log.info("race=%d: after %d steps, kept cop%s %s of each image (0: the first)", self.config.race,
+                     self.step_index, "y" if keep == 1 else "ies",
+                     order[0].tolist() if keep == 1 else order[:keep].t().tolist())
+        rows = (order[:keep] * b + torch.arange(b, device=self.z.device)).reshape(-1)  # copy j of image i: j * B + i
         n = self.z.shape[0]
         state = self.opt.state_dict()
         for entry in state["state"].values():  # per-element optimiser state (Adam's moments) follows its copy
@@ -303,9 +312,13 @@ class Run:
         self.z_start = self.z_start[rows].clone()
         self.opt = make_optimizer(self.config.optim.name, [self.z], self.config.optim.lr)
         self.opt.load_state_dict(state)
-        self.targets = build_targets(self.config, self.models, self.augment, self.device)
-        self.guides = build_guides(self.config, self.models, self.device)
-        self.racing = False
+        population = race_config(dataclasses.replace(self.config, race=keep))
+        self.targets = build_targets(population, self.models, self.augment, self.device)
+        self.guides = build_guides(population, self.models, self.device)
+        self.copies = keep
+        self.cuts = [cut for cut in self.cuts if cut[1] < keep]
+        self.racing = keep > 1
+        self._shown = None  # until the next step: each image's best-scoring copy (copy 0 now)
 
     def mean_loss(self, image: torch.Tensor, repeats: int) -> torch.Tensor:
         """Each image's total loss [B], averaged over `repeats` draws of the cutouts and their noise
@@ -341,8 +354,8 @@ class Run:
         latent and optimiser state are restored, the learning rate is halved and the step is taken
         again; the second time, the last good latent is restored and NumericalError is raised.
         """
-        if self.racing and self.step_index >= self.race_end:
-            self.end_race()
+        while self.racing and self.step_index >= self.cuts[0][0]:
+            self.cut_race(self.cuts[0][1])
         before = (self.z.detach().clone(), copy.deepcopy(self.opt.state_dict()), self.step_index)
         self.opt.zero_grad(set_to_none=True)
         with self.timer("decode"):
@@ -374,7 +387,7 @@ class Run:
             return self._fault("the latent has NaN or inf values after the update")
         if self.racing:  # callbacks and the loss report show each image's leading copy
             b = batch_count(self.config)
-            leading = per_image.detach().view(self.config.race, b).argmin(0)  # [B]: each image's copy
+            leading = per_image.detach().view(self.copies, b).argmin(0)  # [B]: each image's copy
             self._shown = leading * b + torch.arange(b, device=self.z.device)
             value = float(self.shown(per_image.detach()).sum())
         self.losses.append(value)

@@ -119,10 +119,12 @@ def configure_models(config: Any, models: Any, device: torch.device) -> torch.dt
 
     Attention implementation, memory format and decoder checkpointing follow the config each time
     (so one loaded model pair serves runs with different settings); `compile` compiles in place.
+    The decoder's residual blocks always run their swish as one fused `F.silu` (the same function).
     """
-    from vqclip.models.vqgan import set_attention
+    from vqclip.models.vqgan import set_attention, set_fused_swish
 
     set_attention(models.vqgan, config.attention)
+    set_fused_swish(models.vqgan)
     use_channels_last(models.vqgan.decoder, config.channels_last, device)
     if wants_checkpointing(config.grad_checkpointing, config.size):
         checkpoint_decoder(models.vqgan.decoder)

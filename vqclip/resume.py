@@ -133,11 +133,14 @@ def apply_state(run: "Run", state: Dict[str, Any]) -> None:
     """Put a saved latent, optimiser state, step, losses and RNG state into a freshly built `Run`."""
     from vqclip.config import batch_count
 
-    # A race's state holds every copy until the race ends, one latent per image after it. Which of the
-    # two was saved is read from the latent itself: a finished run whose race outlasted it (its last
-    # step ended the race) and is now extended to more steps has a race_end past the saved step.
-    if getattr(run, "racing", False) and state["z"].shape[0] == batch_count(run.config) != run.z.shape[0]:
-        run.end_race(choose=False)  # saved after its race: one copy per image, replaced just below
+    # A race's state holds every copy until its first cut, fewer after each cut (race_halving), one
+    # latent per image after the race. How many copies were saved is read from the latent itself: a
+    # finished run whose race outlasted it (its last step ended the race) and is now extended to more
+    # steps has cuts past the saved step.
+    images = batch_count(run.config)
+    saved = state["z"].shape[0] // images if state["z"].shape[0] % images == 0 else 0
+    if getattr(run, "racing", False) and 1 <= saved < run.copies:
+        run.cut_race(saved, choose=False)  # saved after a cut: that many copies per image, replaced just below
     if tuple(state["z"].shape) != tuple(run.z.shape):
         raise ResumeError(f"the saved latent has shape {tuple(state['z'].shape)}, the run needs {tuple(run.z.shape)}")
     with torch.no_grad():

@@ -205,8 +205,7 @@ def load_vqgan(config_path: str | Path, checkpoint_path: str | Path, *, with_enc
 
     The encoder is only built and loaded when `with_encoder` is set (init images need it).
     `attention="sdpa"` runs the attention blocks through scaled_dot_product_attention (same
-    weights, same result up to rounding); "taming" keeps taming's own bmm + softmax. The residual
-    blocks' swish runs as one fused `F.silu` (`set_fused_swish`; same function, fewer kernels).
+    weights, same result up to rounding); "taming" keeps taming's own bmm + softmax.
     Keys outside the modules used (`loss.*`, the encoder when not needed) are ignored; a missing or
     misshapen key in a used module is an error naming it.
     """
@@ -230,7 +229,6 @@ def load_vqgan(config_path: str | Path, checkpoint_path: str | Path, *, with_enc
                                   f"shape {tuple(v.shape)}, the config needs {tuple(expected[k].shape)}")
     model.load_state_dict({k: v.float() for k, v in used.items()}, strict=True)
     log.debug("attention through %s in %d blocks", attention, set_attention(model, attention))
-    log.debug("fused swish in %d residual blocks", set_fused_swish(model))
     log.info("loaded VQGAN %s (%s, f%d, %d codes)", checkpoint_path, spec["target"].rsplit(".", 1)[1],
              model.factor, model.n_embed)
     return model.eval().requires_grad_(False).to(device)
