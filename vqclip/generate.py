@@ -236,9 +236,8 @@ class Run:
         self.augment = build_augments(config.cutouts.augments, models.clip.input_size, config.cutouts.noise)
         # race > 1: until race_end, `race` copies of every image in one batch (vqclip.config.race_config),
         # fewer after each cut of a race with race_halving (vqclip.config.race_cuts)
-        self.racing = config.race > 1
-        self.race_end = race_end(config) if self.racing else 0
         self.copies = config.race  # copies of each image now (a race's cuts lower it to 1)
+        self.race_end = race_end(config) if self.racing else 0
         self.cuts = race_cuts(config)  # the cuts still to come: (step, copies kept)
         self.race_scores: Optional[torch.Tensor] = None  # after a cut: each copy's score then [copies, B]
         self._shown: Optional[torch.Tensor] = None  # during a race: each image's leading copy at the last step
@@ -281,6 +280,11 @@ class Run:
         self.z_start = best.clone()
         return torch.stack(scores)
 
+    @property
+    def racing(self) -> bool:
+        """Whether the run still holds several copies of each image (a race not yet ended)."""
+        return self.copies > 1
+
     def end_race(self, choose: bool = True) -> None:
         """End the race phase (`race` > 1): keep each image's lowest-scoring copy (`cut_race(1)`)."""
         self.cut_race(1, choose)
@@ -317,7 +321,6 @@ class Run:
         self.guides = build_guides(population, self.models, self.device)
         self.copies = keep
         self.cuts = [cut for cut in self.cuts if cut[1] < keep]
-        self.racing = keep > 1
         self._shown = None  # until the next step: each image's best-scoring copy (copy 0 now)
 
     def mean_loss(self, image: torch.Tensor, repeats: int) -> torch.Tensor:
